@@ -1,0 +1,58 @@
+# receipt-llava: `make run` (set up + whole pipeline on the embedded default), `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SOURCE ?=
+# Stage commands in dvc.yaml call `python`: make it the project's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup run data repro test test-fast lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: the CPU wheel here (a GPU image installs the CUDA build of the same release)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with the pinned stack
+
+data: setup ## refresh data/ from SOURCE (default: params.yaml data.source) and `dvc add` it
+	$(PY) -m tasks.data $(if $(SOURCE),--source '$(SOURCE)')
+
+run: setup ## run the whole pipeline on the embedded default (creates data/ if missing)
+	@if [ ! -d data ]; then \
+	  if [ -f data.dvc ] && dvc pull --quiet data.dvc 2>/dev/null; then echo "data: pulled from the DVC remote"; \
+	  else $(MAKE) --no-print-directory data; fi; \
+	fi
+	dvc repro
+	@dvc metrics show
+
+repro: setup ## dvc repro (what `make run` does once data/ exists)
+	dvc repro
+
+test: setup ## all tests, end-to-end ones included (what CI runs)
+	$(PY) -m pytest -q
+
+test-fast: setup ## tests without the slow end-to-end ones
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check tasks flows tests
+	$(VENV)/bin/ruff format --check tasks flows tests
+	$(VENV)/bin/mypy tasks flows
+
+clean: ## remove pipeline outputs (keeps data/ and .venv)
+	rm -rf artifacts reports/data_docs reports/*.json reports/*.jsonl reports/*.csv

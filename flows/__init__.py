@@ -1,0 +1,1 @@
+"""Prefect flows that orchestrate the DVC stages (see issue 4)."""

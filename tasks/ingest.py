@@ -1,0 +1,144 @@
+"""Ingest stage: raw snapshot (imagefolder layout) -> processed dataset (HF `datasets`, on disk).
+
+Every record keeps id, split, image, prompt and target text. Records whose ground
+truth cannot be turned into a target are kept too, with `gt_error` saying why, so
+the validate stage reports them by id instead of ingest dropping them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from tasks.config import IngestParams, load_params
+from tasks.io import atomic_dir, quiet_telemetry
+from tasks.receipt_json import derive_gt_parse, to_target
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "tst": "test"}
+
+
+def normalise_split(split: str | None) -> str:
+    s = (split or "train").lower()
+    return _SPLIT_ALIASES.get(s, s)
+
+
+def gt_parse_of(ground_truth: str) -> tuple[dict[str, Any] | None, str]:
+    """(gt_parse, "") from cord-v2 or CORD v0.1 ground truth, or (None, reason naming the field)."""
+    try:
+        gt = json.loads(ground_truth)
+    except (json.JSONDecodeError, TypeError) as exc:
+        return None, f"ground_truth: not JSON ({exc})"
+    if not isinstance(gt, dict):
+        return None, "ground_truth: not a JSON object"
+    if "gt_parse" in gt:
+        if not isinstance(gt["gt_parse"], dict):
+            return None, "ground_truth.gt_parse: not an object"
+        return gt["gt_parse"], ""
+    if "valid_line" in gt:
+        try:
+            return derive_gt_parse(gt["valid_line"]), ""
+        except (ValueError, KeyError, TypeError) as exc:
+            return None, f"ground_truth.valid_line: cannot derive gt_parse ({exc})"
+    return None, "ground_truth: no gt_parse (and no valid_line to derive it from)"
+
+
+def carve(rows: list[dict[str, Any]], split: str, size: int, seed: int) -> None:
+    """Move `size` train records (a seeded, id-ordered draw) into `split`, in place."""
+    train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["id"])
+    if len(train) <= size:
+        return  # too few to carve: validation reports the empty split by name
+    for r in random.Random(f"{seed}-{split}").sample(train, size):
+        r["split"] = split
+
+
+def read_snapshot(raw_dir: Path, p: IngestParams) -> list[dict[str, Any]]:
+    meta = raw_dir / "metadata.jsonl"
+    if not meta.is_file():
+        raise FileNotFoundError(f"ingest: {meta} not found; create data with `make data`")
+    rows = []
+    for n, line in enumerate(meta.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            m = json.loads(line)
+            file_name, ground_truth = m["file_name"], m["ground_truth"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ValueError(f"{meta}:{n}: bad metadata row ({exc!r})") from exc
+        image_path = raw_dir / file_name
+        gt_parse, error = gt_parse_of(ground_truth)
+        rows.append({
+            "id": Path(file_name).stem,
+            "split": normalise_split(m.get("split")),
+            "image": {"bytes": image_path.read_bytes() if image_path.is_file() else b"", "path": None},
+            "prompt": p.prompt,
+            "target": to_target(gt_parse) if gt_parse is not None else "",
+            "ground_truth": ground_truth,
+            "gt_error": error,
+        })
+    present = {r["split"] for r in rows}
+    if "test" not in present:
+        carve(rows, "test", p.carve_test_size, p.seed)
+    if "validation" not in present:
+        carve(rows, "validation", p.carve_validation_size, p.seed)
+    unknown = sorted({r["split"] for r in rows} - set(SPLITS))
+    if unknown:
+        bad = next(r["id"] for r in rows if r["split"] in unknown)
+        raise ValueError(f"record {bad!r}: field split={unknown[0]!r} is not one of {SPLITS}")
+    return rows
+
+
+def run_ingest(p: IngestParams, raw_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
+    """Write the processed DatasetDict (train/validation/test, possibly empty) to out_dir."""
+    import datasets
+
+    rows = read_snapshot(Path(raw_dir), p)
+    features = datasets.Features({
+        "id": datasets.Value("string"), "split": datasets.Value("string"),
+        "image": datasets.Image(), "prompt": datasets.Value("string"),
+        "target": datasets.Value("string"), "ground_truth": datasets.Value("string"),
+        "gt_error": datasets.Value("string"),
+    })
+    def split_dataset(split: str) -> datasets.Dataset:
+        chosen = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
+        # column-wise, so an empty split still has its columns
+        return datasets.Dataset.from_dict({k: [r[k] for r in chosen] for k in features}, features=features)
+
+    # Empty splits are left out: datasets 5.2 cannot load an empty split back from disk.
+    # load_dataset_dir restores them as empty datasets, and validation names them.
+    dd = datasets.DatasetDict({s: ds for s in SPLITS if len(ds := split_dataset(s))})
+    with atomic_dir(out_dir) as tmp:
+        dd.save_to_disk(str(tmp))
+    return {s: len(dd[s]) if s in dd else 0 for s in SPLITS}
+
+
+def load_dataset_dir(path: str | Path, decode_images: bool = True):
+    """The processed DatasetDict; `decode_images=False` keeps raw bytes (for validation)."""
+    import datasets
+
+    dd = datasets.load_from_disk(str(path))
+    features = next(iter(dd.values())).features
+    for split in SPLITS:
+        if split not in dd:
+            dd[split] = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+    if not decode_images:
+        dd = dd.cast_column("image", datasets.Image(decode=False))
+    return dd
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_telemetry()
+    ap = argparse.ArgumentParser(description="Ingest the raw snapshot into a processed dataset.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--raw", default="data")
+    ap.add_argument("--out", default="artifacts/dataset")
+    args = ap.parse_args(argv)
+    counts = run_ingest(load_params(args.params).ingest, args.raw, args.out)
+    print("ingest:", ", ".join(f"{k}={v}" for k, v in counts.items()), "->", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Read receipts: image(s) in, JSON out, from a merged model directory or an MLflow model URI.
+
+    python -m tasks.predict --model artifacts/merged receipt.png [more.png ...]
+    python -m tasks.predict --model models:/receipt-llava@champion receipt.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_PROMPT = "Extract the receipt as JSON."
+
+
+class BadImage(ValueError):
+    pass
+
+
+def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image from a path or bytes; a clear error for a missing or corrupt file."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except FileNotFoundError as exc:
+        raise BadImage(f"{label}: no such file") from exc
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadImage(f"{label}: not a readable image ({exc})") from exc
+    return img.convert("RGB")
+
+
+class ReceiptReader:
+    """A loaded model + processor that turns receipt images into gt_parse dicts."""
+
+    def __init__(self, model_dir: str | Path, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 256,
+                 batch_size: int = 8):
+        from tasks.modeling import load_model, load_processor
+
+        self.model = load_model(str(model_dir), quantization="none", compute_dtype="float32",
+                                attn="sdpa").eval()
+        self.processor = load_processor(str(model_dir))
+        self.prompt, self.max_new_tokens, self.batch_size = prompt, max_new_tokens, batch_size
+
+    def read(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+        from tasks.evaluate import generate
+        from tasks.receipt_json import is_valid_json, parse_target
+
+        outputs = generate(self.model, self.processor, images, self.prompt, self.max_new_tokens,
+                           self.batch_size)
+        return [{"json": parse_target(o), "valid_json": is_valid_json(o), "raw": o} for o in outputs]
+
+
+def predict(model: str, paths: list[str], prompt: str = DEFAULT_PROMPT) -> list[dict[str, Any]]:
+    images = [open_image(p) for p in paths]  # all images checked before the model loads
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow.pyfunc
+        import pandas as pd
+
+        pyfunc = mlflow.pyfunc.load_model(model)
+        frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]})
+        results = pyfunc.predict(frame)
+        rows = results.to_dict("records") if hasattr(results, "to_dict") else list(results)
+        return [{"image": p, **r} for p, r in zip(paths, rows, strict=True)]
+    reader = ReceiptReader(model, prompt)
+    return [{"image": p, **r} for p, r in zip(paths, reader.read(images), strict=True)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.io import quiet_telemetry
+
+    quiet_telemetry()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="artifacts/merged", help="model directory or models:/name@alias")
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("images", nargs="+")
+    args = ap.parse_args(argv)
+    try:
+        results = predict(args.model, args.images, args.prompt)
+    except BadImage as exc:
+        print(f"predict: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for r in results:
+        print(json.dumps({"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]},
+                         ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Train stage: QLoRA (4-bit NF4 base + LoRA through peft) with transformers' Trainer.
+
+Checkpoints every `save_steps`; a rerun after a crash resumes from the last one
+(checkpoints from different params are discarded, never resumed). Writes the
+adapter + processor and a training summary (steps, loss curve, samples/s, peak memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tasks.config import Params, load_params
+from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_atomic
+from tasks.modeling import (IMAGE_TOKEN, build_tiny, image_token_count, load_model, load_processor,
+                            lora_config, pick_attn, prompt_text, resolve_base)
+
+log = logging.getLogger(__name__)
+
+
+class TargetTooLong(ValueError):
+    pass
+
+
+@dataclass
+class ReceiptCollator:
+    """Image + prompt + target -> input_ids, attention_mask, pixel_values, labels.
+
+    The prompt (with its image expanded to image tokens) and the target are tokenised
+    apart and concatenated, so labels mask exactly the prompt; pad and image tokens
+    are -100 too. Nothing is ever truncated: a record longer than `max_length` raises
+    naming the record (cutting into image tokens silently breaks LLaVA).
+    """
+
+    processor: Any
+    prompt: str
+    max_length: int
+
+    def encode(self, record: dict[str, Any]) -> tuple[list[int], int, torch.Tensor]:
+        tok = self.processor.tokenizer
+        enc = self.processor(images=record["image"].convert("RGB"), text=prompt_text(self.processor, self.prompt),
+                             return_tensors="pt")
+        prompt_ids = enc["input_ids"][0].tolist()
+        target_ids = tok(record["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids = prompt_ids + target_ids
+        if len(ids) > self.max_length:
+            raise TargetTooLong(f"record {record['id']!r}: field target is {len(target_ids)} tokens; "
+                                f"with the prompt that is {len(ids)} > max_length {self.max_length}")
+        return ids, len(prompt_ids), enc["pixel_values"][0]
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        tok = self.processor.tokenizer
+        image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        encoded = [self.encode(r) for r in records]
+        width = max(len(ids) for ids, _, _ in encoded)
+        input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+        for i, (ids, n_prompt, _) in enumerate(encoded):
+            row = torch.tensor(ids)
+            input_ids[i, : len(ids)] = row
+            attention[i, : len(ids)] = 1
+            labels[i, n_prompt: len(ids)] = row[n_prompt:]
+        labels[input_ids == image_id] = -100
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
+                "pixel_values": torch.stack([pv for _, _, pv in encoded])}
+
+
+def max_length_for(processor, prompt: str, targets: list[str]) -> int:
+    """Image tokens + prompt + the longest target + eos: sized from the data, never guessed."""
+    tok = processor.tokenizer
+    n_prompt = len(tok(prompt_text(processor, prompt), add_special_tokens=False)["input_ids"]) - 1
+    n_image = image_token_count(processor)
+    longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets)
+    # +1 for eos, +2 slack for tokens the processor adds (bos) around the expanded image.
+    return n_image + n_prompt + longest + 3
+
+
+def peak_memory_mb() -> dict[str, float]:
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> str:
+    """The base stage: build the tiny model (tokenizer trained on train targets) or note the hub id."""
+    from tasks.ingest import load_dataset_dir
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if params.model.base == "tiny":
+            train = load_dataset_dir(dataset_dir, decode_images=False)["train"]
+            texts = list(train["target"]) + [params.ingest.prompt, "USER: ASSISTANT:"]
+            build_tiny(params.model.tiny, texts, tmp)
+        else:
+            write_text_atomic(tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n")
+    return resolve_base(params.model, out_dir)
+
+
+def _checkpoint_dir(ckpt_dir: Path, digest: str) -> Path:
+    """Checkpoints of other params or data are stale: discard them instead of resuming them."""
+    stamp = ckpt_dir / "PARAMS_DIGEST"
+    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+    return ckpt_dir
+
+
+def run_train(params: Params, dataset_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path,
+              ckpt_dir: str | Path, summary_path: str | Path,
+              loss_csv: str | Path | None = None) -> dict[str, Any]:
+    """QLoRA-train the adapter; return (and write) the training summary."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from tasks.ingest import load_dataset_dir
+
+    t = params.train
+    base = resolve_base(params.model, base_dir)
+    revision = None if params.model.base == "tiny" else params.model.revision
+    processor = load_processor(base, revision)
+    dd = load_dataset_dir(dataset_dir)
+    train = dd["train"]
+    max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]))
+    attn = pick_attn(t.attn_implementation)
+    model = load_model(base, quantization=t.quantization, compute_dtype=t.compute_dtype, attn=attn,
+                       revision=revision)
+    if t.quantization == "nf4":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = get_peft_model(model, lora_config(t))
+    trainable, total = model.get_nb_trainable_parameters()
+
+    ckpt = _checkpoint_dir(Path(ckpt_dir), f"{params.digest()}-{train._fingerprint}")
+    on_gpu = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(ckpt), per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.epochs,
+        max_steps=t.max_steps, learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay, lr_scheduler_type="cosine", logging_steps=t.logging_steps,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        seed=t.seed, data_seed=t.seed, report_to=[], remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=not on_gpu, disable_tqdm=True,
+        bf16=on_gpu and t.compute_dtype == "bfloat16", fp16=on_gpu and t.compute_dtype == "float16",
+        gradient_checkpointing=False,  # already enabled above, with the kbit preparation
+    )
+    collator = ReceiptCollator(processor, params.ingest.prompt, max_length)
+    for record in train:  # fail before training, naming the record, if any target is too long
+        collator.encode(record)
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    resume = get_last_checkpoint(str(ckpt))
+    if resume:
+        log.info("resuming from %s", resume)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        write_text_atomic(tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n")
+    curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    summary = {
+        "base": params.model.base, "quantization": t.quantization, "attn_implementation": attn,
+        "compute_dtype": t.compute_dtype, "device": "cuda" if on_gpu else "cpu",
+        "trainable_params": trainable, "total_params": total, "max_length": max_length,
+        "train_records": len(train), "steps": trainer.state.global_step, "resumed_from": resume,
+        "train_seconds": round(seconds, 2), "train_loss": result.training_loss,
+        "samples_per_second": result.metrics.get("train_samples_per_second"),
+        "final_loss": curve[-1]["loss"] if curve else None, **peak_memory_mb(),
+    }
+    write_json_atomic(summary_path, summary)
+    if loss_csv:  # the loss curve, as a DVC plot
+        write_text_atomic(loss_csv, "step,loss\n" + "".join(f"{c['step']},{c['loss']}\n" for c in curve))
+    return summary | {"loss_curve": curve}
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_telemetry()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ap = argparse.ArgumentParser(description="Build the base (tiny) or QLoRA-train the adapter.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default="artifacts/dataset")
+    ap.add_argument("--base", default="artifacts/base")
+    ap.add_argument("--build-base", action="store_true", help="build the base model and exit")
+    ap.add_argument("--adapter", default="artifacts/adapter")
+    ap.add_argument("--checkpoints", default="artifacts/checkpoints")
+    ap.add_argument("--summary", default="reports/train.json")
+    ap.add_argument("--loss-csv", default="reports/train_loss.csv")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    if args.build_base:
+        print("base:", run_build_base(params, args.dataset, args.base))
+        return
+    try:
+        s = run_train(params, args.dataset, args.base, args.adapter, args.checkpoints, args.summary,
+                      args.loss_csv)
+    except TargetTooLong as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"train: {s['steps']} steps in {s['train_seconds']} s, final loss {s['final_loss']}, "
+          f"{s['samples_per_second']} samples/s -> {args.adapter}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Shared fixtures: real configs shrunk for 2 cores, outputs under tmp paths.
+
+Tests build the production config through `tasks.config.Params` and then shrink it
+(tiny data, tiny model, few steps), in the lightning-hydra-template manner.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tasks.io import quiet_telemetry
+
+quiet_telemetry()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORD_JSON = SHARED / "cord-v1-json"
+CORD_SAMPLE = SHARED / "cord-v2-sample"
+
+# What ../shared/cord-v2-sample/README.md says receipt_00004 holds (hand-checked).
+SAMPLE_GT_PARSE = {
+    "menu": [
+        {"nm": "ICE BLACKCOFFE", "cnt": "2", "price": "82,000"},
+        {"nm": "AVOCADO COFFEE", "cnt": "1", "price": "61,000"},
+        {"nm": "CHIKEN KATSU FF", "cnt": "1", "price": "51,000"},
+    ],
+    "sub_total": {"subtotal_price": "194,000", "discount_price": "19,400"},
+    "total": {"total_price": "174,600", "cashprice": "200,000", "changeprice": "25,400"},
+}
+
+
+def needs(path: Path):
+    return pytest.mark.skipif(not path.is_dir(), reason=f"{path} absent (real CORD data lives beside the repo)")
+
+
+def small_params(**sections):
+    """The real params.yaml, shrunk: 12/4/4 synthetic receipts, a tiny-tiny model, a few steps."""
+    from tasks.config import load_params
+
+    p = load_params(REPO / "params.yaml")
+    p.data.synthetic = p.data.synthetic.model_copy(update={"train": 12, "validation": 4, "test": 4, "max_items": 2})
+    p.model.tiny = p.model.tiny.model_copy(update={"image_size": 64, "patch_size": 32, "vision_hidden": 32,
+                                                   "text_hidden": 64, "text_intermediate": 128,
+                                                   "vocab_size": 400})
+    p.train = p.train.model_copy(update={"max_steps": 6, "batch_size": 4, "save_steps": 3, "logging_steps": 1})
+    p.evaluate = p.evaluate.model_copy(update={"max_new_tokens": 24, "batch_size": 4})
+    for name, update in sections.items():
+        setattr(p, name, getattr(p, name).model_copy(update=update))
+    return p
+
+
+@pytest.fixture(scope="session")
+def params():
+    return small_params()
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory, params):
+    """A processed synthetic dataset (raw snapshot -> ingest)."""
+    from tasks.data import run_data
+    from tasks.ingest import run_ingest
+
+    root = tmp_path_factory.mktemp("ds")
+    run_data(params.data, root / "data")
+    run_ingest(params.ingest, root / "data", root / "dataset")
+    return root / "dataset"
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, params, dataset_dir):
+    from tasks.train import run_build_base
+
+    out = tmp_path_factory.mktemp("base") / "base"
+    run_build_base(params, dataset_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, params, dataset_dir, base_dir):
+    """A QLoRA-trained adapter on the tiny base (6 steps, 4-bit NF4 on CPU)."""
+    from tasks.train import run_train
+
+    root = tmp_path_factory.mktemp("train")
+    summary = run_train(params, dataset_dir, base_dir, root / "adapter", root / "ckpt", root / "train.json",
+                        root / "loss.csv")
+    return {"adapter": root / "adapter", "summary": summary, "root": root}
