@@ -20,28 +20,37 @@ def load_source(source: str, p: DataParams) -> list[RawRecord]:
     kind, arg = parse_source(source)
     if kind == "synthetic":
         from tasks.sources import synthetic
+
         return synthetic.generate(p.synthetic)
     if kind == "imagefolder":
         from tasks.sources import imagefolder
-        return imagefolder.load(arg)
+
+        return imagefolder.load(str(arg))
     if kind == "cord-json":
         from tasks.sources import cord_json
-        return cord_json.load(arg, p.render_max_side)
+
+        return cord_json.load(str(arg), p.render_max_side)
     from tasks.sources import hf
+
     return hf.load(arg)
 
 
 def dvc_add(path: Path, repo: Path) -> str:
     """Record `path` in `<path>.dvc` and return its md5 (the data version)."""
-    subprocess.run(["dvc", "add", "--quiet", str(path.resolve().relative_to(repo.resolve()))],
-                   cwd=repo, check=True)
+    subprocess.run(
+        ["dvc", "add", "--quiet", str(path.resolve().relative_to(repo.resolve()))],
+        cwd=repo,
+        check=True,
+    )
     import yaml
+
     meta = yaml.safe_load((repo / f"{path.name}.dvc").read_text())
     return meta["outs"][0]["md5"]
 
 
-def run_data(p: DataParams, out_dir: str | Path, source: str | None = None,
-             repo: str | Path | None = None) -> dict:
+def run_data(
+    p: DataParams, out_dir: str | Path, source: str | None = None, repo: str | Path | None = None
+) -> dict:
     """Build a snapshot from `source` (default params' data.source) into out_dir, atomically.
 
     With `repo`, the snapshot is then recorded with `dvc add` in that DVC repo.
@@ -59,17 +68,23 @@ def run_data(p: DataParams, out_dir: str | Path, source: str | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     quiet_telemetry()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--source", default=None, help="synthetic | imagefolder:<dir> | cord-json:<dir> | hf:<id>")
+    ap.add_argument(
+        "--source", default=None, help="synthetic | imagefolder:<dir> | cord-json:<dir> | hf:<id>"
+    )
     ap.add_argument("--out", default="data")
     ap.add_argument("--no-dvc", action="store_true", help="write the snapshot without `dvc add`")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     out = Path(args.out)
     result = run_data(params.data, out, args.source, None if args.no_dvc else out.resolve().parent)
-    print(f"data: {result['records']} records from {result['source']} -> {out}"
-          + (f" (md5 {result['md5']})" if "md5" in result else ""))
+    print(
+        f"data: {result['records']} records from {result['source']} -> {out}"
+        + (f" (md5 {result['md5']})" if "md5" in result else "")
+    )
 
 
 if __name__ == "__main__":

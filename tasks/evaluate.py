@@ -24,19 +24,27 @@ from tasks.receipt_json import parse_target
 
 
 @torch.inference_mode()
-def generate(model, processor, images: list, prompt: str, max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(
+    model, processor, images: list, prompt: str, max_new_tokens: int, batch_size: int
+) -> list[str]:
     """Greedy, batched, left-padded generation; returns the decoded answers only."""
     processor.tokenizer.padding_side = "left"
     text = prompt_text(processor, prompt)
     device = next(model.parameters()).device
     outputs: list[str] = []
     for i in range(0, len(images), batch_size):
-        chunk = [im.convert("RGB") for im in images[i: i + batch_size]]
-        enc = processor(images=chunk, text=[text] * len(chunk), return_tensors="pt", padding=True).to(device)
+        chunk = [im.convert("RGB") for im in images[i : i + batch_size]]
+        enc = processor(
+            images=chunk, text=[text] * len(chunk), return_tensors="pt", padding=True
+        ).to(device)
         enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=processor.tokenizer.pad_token_id)
-        answers = out[:, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+        answers = out[:, enc["input_ids"].shape[1] :]
         outputs += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
     return [o.strip() for o in outputs]
 
@@ -48,17 +56,30 @@ def load_for_inference(params: Params, base_dir: str | Path, adapter_dir: str | 
     base = resolve_base(params.model, base_dir)
     revision = None if params.model.base == "tiny" else params.model.revision
     dtype = "float32" if not torch.cuda.is_available() else params.train.compute_dtype
-    model = load_model(base, quantization="none", compute_dtype=dtype,
-                       attn=pick_attn(params.train.attn_implementation), revision=revision)
-    processor = load_processor(str(adapter_dir) if adapter_dir else base, None if adapter_dir else revision)
+    model = load_model(
+        base,
+        quantization="none",
+        compute_dtype=dtype,
+        attn=pick_attn(params.train.attn_implementation),
+        revision=revision,
+    )
+    processor = load_processor(
+        str(adapter_dir) if adapter_dir else base, None if adapter_dir else revision
+    )
     if adapter_dir:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     return model.eval(), processor
 
 
-def run_evaluate(params: Params, dataset_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path,
-                 metrics_path: str | Path, predictions_path: str | Path,
-                 fields_path: str | Path | None = None) -> dict[str, Any]:
+def run_evaluate(
+    params: Params,
+    dataset_dir: str | Path,
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    metrics_path: str | Path,
+    predictions_path: str | Path,
+    fields_path: str | Path | None = None,
+) -> dict[str, Any]:
     from tasks.ingest import load_dataset_dir
 
     e = params.evaluate
@@ -71,14 +92,26 @@ def run_evaluate(params: Params, dataset_dir: str | Path, base_dir: str | Path, 
     tuned = generate(model, processor, images, params.ingest.prompt, e.max_new_tokens, e.batch_size)
     tuned_seconds = time.perf_counter() - start
     with model.disable_adapter():
-        base = generate(model, processor, images, params.ingest.prompt, e.max_new_tokens, e.batch_size)
-    metrics = {k: round(float(v), 4) for k, v in score(tuned, gts).items()}
+        base = generate(
+            model, processor, images, params.ingest.prompt, e.max_new_tokens, e.batch_size
+        )
+    metrics: dict[str, float | None] = {k: round(float(v), 4) for k, v in score(tuned, gts).items()}
     metrics |= {f"base_{k}": round(float(v), 4) for k, v in score(base, gts).items() if k != "n"}
     metrics["samples_per_second"] = round(len(images) / tuned_seconds, 3) if tuned_seconds else None
     write_json_atomic(metrics_path, metrics)
-    rows = [{"id": rid, "target": tgt, "prediction": out, "parsed": parse_target(out), "base_prediction": b}
-            for rid, tgt, out, b in zip(test["id"], test["target"], tuned, base, strict=True)]
-    write_text_atomic(predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rows = [
+        {
+            "id": rid,
+            "target": tgt,
+            "prediction": out,
+            "parsed": parse_target(out),
+            "base_prediction": b,
+        }
+        for rid, tgt, out, b in zip(test["id"], test["target"], tuned, base, strict=True)
+    ]
+    write_text_atomic(
+        predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    )
     if fields_path:
         write_json_atomic(fields_path, per_field([r["parsed"] for r in rows], gts))
     return metrics
@@ -86,7 +119,9 @@ def run_evaluate(params: Params, dataset_dir: str | Path, base_dir: str | Path, 
 
 def main(argv: list[str] | None = None) -> None:
     quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Evaluate base and fine-tuned model on the test split.")
+    ap = argparse.ArgumentParser(
+        description="Evaluate base and fine-tuned model on the test split."
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dataset", default="artifacts/dataset")
     ap.add_argument("--base", default="artifacts/base")
@@ -95,8 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--predictions", default="reports/predictions.jsonl")
     ap.add_argument("--fields", default="reports/fields.json")
     args = ap.parse_args(argv)
-    m = run_evaluate(load_params(args.params), args.dataset, args.base, args.adapter, args.metrics,
-                     args.predictions, args.fields)
+    m = run_evaluate(
+        load_params(args.params),
+        args.dataset,
+        args.base,
+        args.adapter,
+        args.metrics,
+        args.predictions,
+        args.fields,
+    )
     print("evaluate:", json.dumps(m))
 
 

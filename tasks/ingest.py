@@ -70,15 +70,20 @@ def read_snapshot(raw_dir: Path, p: IngestParams) -> list[dict[str, Any]]:
             raise ValueError(f"{meta}:{n}: bad metadata row ({exc!r})") from exc
         image_path = raw_dir / file_name
         gt_parse, error = gt_parse_of(ground_truth)
-        rows.append({
-            "id": Path(file_name).stem,
-            "split": normalise_split(m.get("split")),
-            "image": {"bytes": image_path.read_bytes() if image_path.is_file() else b"", "path": None},
-            "prompt": p.prompt,
-            "target": to_target(gt_parse) if gt_parse is not None else "",
-            "ground_truth": ground_truth,
-            "gt_error": error,
-        })
+        rows.append(
+            {
+                "id": Path(file_name).stem,
+                "split": normalise_split(m.get("split")),
+                "image": {
+                    "bytes": image_path.read_bytes() if image_path.is_file() else b"",
+                    "path": None,
+                },
+                "prompt": p.prompt,
+                "target": to_target(gt_parse) if gt_parse is not None else "",
+                "ground_truth": ground_truth,
+                "gt_error": error,
+            }
+        )
     present = {r["split"] for r in rows}
     if "test" not in present:
         carve(rows, "test", p.carve_test_size, p.seed)
@@ -96,16 +101,24 @@ def run_ingest(p: IngestParams, raw_dir: str | Path, out_dir: str | Path) -> dic
     import datasets
 
     rows = read_snapshot(Path(raw_dir), p)
-    features = datasets.Features({
-        "id": datasets.Value("string"), "split": datasets.Value("string"),
-        "image": datasets.Image(), "prompt": datasets.Value("string"),
-        "target": datasets.Value("string"), "ground_truth": datasets.Value("string"),
-        "gt_error": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "split": datasets.Value("string"),
+            "image": datasets.Image(),
+            "prompt": datasets.Value("string"),
+            "target": datasets.Value("string"),
+            "ground_truth": datasets.Value("string"),
+            "gt_error": datasets.Value("string"),
+        }
+    )
+
     def split_dataset(split: str) -> datasets.Dataset:
         chosen = sorted((r for r in rows if r["split"] == split), key=lambda r: r["id"])
         # column-wise, so an empty split still has its columns
-        return datasets.Dataset.from_dict({k: [r[k] for r in chosen] for k in features}, features=features)
+        return datasets.Dataset.from_dict(
+            {k: [r[k] for r in chosen] for k in features}, features=features
+        )
 
     # Empty splits are left out: datasets 5.2 cannot load an empty split back from disk.
     # load_dataset_dir restores them as empty datasets, and validation names them.

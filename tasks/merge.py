@@ -16,14 +16,22 @@ from tasks.io import atomic_dir, quiet_telemetry
 from tasks.modeling import load_model, load_processor, resolve_base
 
 
-def run_merge(params: Params, base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+def run_merge(
+    params: Params, base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path
+) -> Path:
     from peft import PeftModel
 
     base = resolve_base(params.model, base_dir)
     revision = None if params.model.base == "tiny" else params.model.revision
     dtype = params.train.compute_dtype if torch.cuda.is_available() else "float32"
-    model = load_model(base, quantization="none", compute_dtype=dtype, attn="sdpa", revision=revision,
-                       device_map="cpu")
+    model = load_model(
+        base,
+        quantization="none",
+        compute_dtype=dtype,
+        attn="sdpa",
+        revision=revision,
+        device_map="cpu",
+    )
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     processor = load_processor(str(adapter_dir))
     with atomic_dir(out_dir) as tmp:

@@ -26,8 +26,11 @@ def normalize(data: Any) -> Any:
     if isinstance(data, list):
         if all(isinstance(item, dict) for item in data):
             return [n for n in (normalize(item) for item in data) if n]
-        return [str(item).strip() for item in data
-                if isinstance(item, (str, int, float)) and str(item).strip()]
+        return [
+            str(item).strip()
+            for item in data
+            if isinstance(item, (str, int, float)) and str(item).strip()
+        ]
     return [str(data).strip()]
 
 
@@ -71,7 +74,7 @@ def _levenshtein(a: str, b: str) -> int:
 
 
 def _leaf(label: str) -> str | None:
-    return label[len("<leaf>"):] if label.startswith("<leaf>") else None
+    return label[len("<leaf>") :] if label.startswith("<leaf>") else None
 
 
 def _insert_remove_cost(node: zss.Node) -> int:
@@ -85,13 +88,19 @@ def _update_cost(a: zss.Node, b: zss.Node) -> int:
         return _levenshtein(la, lb)
     if la is None and lb is None:
         return int(a.label != b.label)
-    return 1 + len(la if la is not None else lb)
+    return 1 + len(la if la is not None else lb or "")
 
 
 def ted(pred: Any, gt: Any) -> int:
-    return zss.distance(_tree(pred), _tree(gt), get_children=zss.Node.get_children,
-                        insert_cost=_insert_remove_cost, remove_cost=_insert_remove_cost,
-                        update_cost=_update_cost, return_operations=False)
+    return zss.distance(
+        _tree(pred),
+        _tree(gt),
+        get_children=zss.Node.get_children,
+        insert_cost=_insert_remove_cost,
+        remove_cost=_insert_remove_cost,
+        update_cost=_update_cost,
+        return_operations=False,
+    )
 
 
 def ted_accuracy(pred: dict[str, Any], gt: dict[str, Any]) -> float:
@@ -122,7 +131,9 @@ def f1(tp: int, fp: int, fn: int) -> float:
     return tp / denom if denom else 0.0
 
 
-def per_field(preds: list[dict[str, Any]], gts: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def per_field(
+    preds: list[dict[str, Any]], gts: list[dict[str, Any]]
+) -> dict[str, dict[str, float]]:
     """Precision/recall/F1 per field path (menu.nm, total.total_price, ...)."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for pred, gt in zip(preds, gts, strict=True):
@@ -135,8 +146,10 @@ def per_field(preds: list[dict[str, Any]], gts: list[dict[str, Any]]) -> dict[st
                 counts[key][1] += 1
         for (key, _), n in answers.items():
             counts[key][2] += n
-    return {k: {"tp": tp, "fp": fp, "fn": fn, "f1": round(f1(tp, fp, fn), 4)}
-            for k, (tp, fp, fn) in sorted(counts.items())}
+    return {
+        k: {"tp": tp, "fp": fp, "fn": fn, "f1": round(f1(tp, fp, fn), 4)}
+        for k, (tp, fp, fn) in sorted(counts.items())
+    }
 
 
 def score(outputs: list[str], gts: list[dict[str, Any]]) -> dict[str, float]:
@@ -154,5 +167,6 @@ def score(outputs: list[str], gts: list[dict[str, Any]]) -> dict[str, float]:
         "json_valid_rate": sum(is_valid_json(o) for o in outputs) / n,
         "ted_accuracy": sum(ted_accuracy(p, g) for p, g in zip(preds, gts, strict=True)) / n,
         "field_f1": f1(tp, fp, fn),
-        "exact_match": sum(normalize(p) == normalize(g) for p, g in zip(preds, gts, strict=True)) / n,
+        "exact_match": sum(normalize(p) == normalize(g) for p, g in zip(preds, gts, strict=True))
+        / n,
     }

@@ -45,36 +45,62 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>",
-                                   extra_special_tokens={"image_token": IMAGE_TOKEN},
-                                   chat_template=TINY_CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
 
 
 def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) -> None:
     """Build, seed and save the tiny LLaVA and its processor (save_pretrained) to out_dir."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = build_tiny_tokenizer(texts, p.vocab_size)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=p.vision_hidden, intermediate_size=p.vision_hidden * 4,
-                                       num_hidden_layers=p.vision_layers, num_attention_heads=p.vision_heads,
-                                       image_size=p.image_size, patch_size=p.patch_size,
-                                       projection_dim=p.vision_hidden),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=p.text_hidden,
-                                intermediate_size=p.text_intermediate, num_hidden_layers=p.text_layers,
-                                num_attention_heads=p.text_heads, num_key_value_heads=p.text_heads,
-                                max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=CLIPVisionConfig(
+            hidden_size=p.vision_hidden,
+            intermediate_size=p.vision_hidden * 4,
+            num_hidden_layers=p.vision_layers,
+            num_attention_heads=p.vision_heads,
+            image_size=p.image_size,
+            patch_size=p.patch_size,
+            projection_dim=p.vision_hidden,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=p.text_hidden,
+            intermediate_size=p.text_intermediate,
+            num_hidden_layers=p.text_layers,
+            num_attention_heads=p.text_heads,
+            num_key_value_heads=p.text_heads,
+            max_position_embeddings=2048,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
         image_token_index=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
-        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(p.seed)
     model = LlavaForConditionalGeneration(config)
@@ -82,12 +108,19 @@ def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) ->
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     # Receipts are tall: resize to the square input rather than centre-crop their top and bottom off.
-    image_processor = CLIPImageProcessor(size={"height": p.image_size, "width": p.image_size},
-                                         crop_size={"height": p.image_size, "width": p.image_size},
-                                         do_center_crop=False)
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=p.patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=TINY_CHAT_TEMPLATE)
+    image_processor = CLIPImageProcessor(
+        size={"height": p.image_size, "width": p.image_size},
+        crop_size={"height": p.image_size, "width": p.image_size},
+        do_center_crop=False,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=p.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -122,19 +155,35 @@ def load_processor(path: str, revision: str | None = None):
     return AutoProcessor.from_pretrained(path, revision=revision)
 
 
-def load_model(path: str, *, quantization: str = "none", compute_dtype: str = "float32",
-               attn: str = "sdpa", revision: str | None = None, device_map: Any = None):
+def load_model(
+    path: str,
+    *,
+    quantization: str = "none",
+    compute_dtype: str = "float32",
+    attn: str = "sdpa",
+    revision: str | None = None,
+    device_map: Any = None,
+):
     """Load a LLaVA; with quantization='nf4', 4-bit NF4 + double quant, vision tower kept full precision."""
     from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
 
-    kwargs: dict[str, Any] = {"revision": revision, "attn_implementation": attn,
-                              "dtype": torch_dtype(compute_dtype)}
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "attn_implementation": attn,
+        "dtype": torch_dtype(compute_dtype),
+    }
     if quantization == "nf4":
         if attn == "flash_attention_2" and compute_dtype == "float32":
-            raise ValueError("flash_attention_2 with a 4-bit base needs train.compute_dtype bfloat16 or float16")
+            raise ValueError(
+                "flash_attention_2 with a 4-bit base needs train.compute_dtype bfloat16 or float16"
+            )
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype(compute_dtype), llm_int8_skip_modules=SKIP_4BIT)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype(compute_dtype),
+            llm_int8_skip_modules=SKIP_4BIT,
+        )
     if device_map is not None:
         kwargs["device_map"] = device_map
     elif torch.cuda.is_available():
@@ -145,9 +194,15 @@ def load_model(path: str, *, quantization: str = "none", compute_dtype: str = "f
 def lora_config(t: TrainParams):
     from peft import LoraConfig
 
-    return LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                      target_modules=t.lora_target_modules, modules_to_save=t.modules_to_save or None,
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=t.lora_target_modules,
+        modules_to_save=t.modules_to_save or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
 def prompt_text(processor, prompt: str) -> str:
@@ -160,11 +215,16 @@ def image_token_count(processor) -> int:
     """How many tokens one <image> expands to (576 for llava-1.5 at 336 px)."""
     from PIL import Image
 
-    size = processor.image_processor.crop_size if processor.image_processor.do_center_crop else \
-        processor.image_processor.size
+    size = (
+        processor.image_processor.crop_size
+        if processor.image_processor.do_center_crop
+        else processor.image_processor.size
+    )
     h = size.get("height") or size.get("shortest_edge")
     w = size.get("width") or size.get("shortest_edge")
-    ids = processor(images=Image.new("RGB", (w, h)), text=IMAGE_TOKEN, return_tensors="pt")["input_ids"][0]
+    ids = processor(images=Image.new("RGB", (w, h)), text=IMAGE_TOKEN, return_tensors="pt")[
+        "input_ids"
+    ][0]
     return int((ids == processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).sum())
 
 

@@ -1,7 +1,7 @@
 """Read receipts: image(s) in, JSON out, from a merged model directory or an MLflow model URI.
 
-    python -m tasks.predict --model artifacts/merged receipt.png [more.png ...]
-    python -m tasks.predict --model models:/receipt-llava@champion receipt.png
+python -m tasks.predict --model artifacts/merged receipt.png [more.png ...]
+python -m tasks.predict --model models:/receipt-llava@champion receipt.png
 """
 
 from __future__ import annotations
@@ -40,12 +40,18 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
 class ReceiptReader:
     """A loaded model + processor that turns receipt images into gt_parse dicts."""
 
-    def __init__(self, model_dir: str | Path, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 256,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        prompt: str = DEFAULT_PROMPT,
+        max_new_tokens: int = 256,
+        batch_size: int = 8,
+    ):
         from tasks.modeling import load_model, load_processor
 
-        self.model = load_model(str(model_dir), quantization="none", compute_dtype="float32",
-                                attn="sdpa").eval()
+        self.model = load_model(
+            str(model_dir), quantization="none", compute_dtype="float32", attn="sdpa"
+        ).eval()
         self.processor = load_processor(str(model_dir))
         self.prompt, self.max_new_tokens, self.batch_size = prompt, max_new_tokens, batch_size
 
@@ -53,9 +59,12 @@ class ReceiptReader:
         from tasks.evaluate import generate
         from tasks.receipt_json import is_valid_json, parse_target
 
-        outputs = generate(self.model, self.processor, images, self.prompt, self.max_new_tokens,
-                           self.batch_size)
-        return [{"json": parse_target(o), "valid_json": is_valid_json(o), "raw": o} for o in outputs]
+        outputs = generate(
+            self.model, self.processor, images, self.prompt, self.max_new_tokens, self.batch_size
+        )
+        return [
+            {"json": parse_target(o), "valid_json": is_valid_json(o), "raw": o} for o in outputs
+        ]
 
 
 def predict(model: str, paths: list[str], prompt: str = DEFAULT_PROMPT) -> list[dict[str, Any]]:
@@ -77,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.io import quiet_telemetry
 
     quiet_telemetry()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="artifacts/merged", help="model directory or models:/name@alias")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--model", default="artifacts/merged", help="model directory or models:/name@alias"
+    )
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("images", nargs="+")
     args = ap.parse_args(argv)
@@ -88,8 +101,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)
     for r in results:
-        print(json.dumps({"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]},
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                {"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]},
+                ensure_ascii=False,
+            )
+        )
 
 
 if __name__ == "__main__":

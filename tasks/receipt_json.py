@@ -14,13 +14,37 @@ from typing import Any
 
 # CORD's schema: top-level groups and the fields each may hold, in the order we write them.
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "menu": ("nm", "num", "unitprice", "cnt", "discountprice", "price", "itemsubtotal",
-             "vatyn", "etc", "sub"),
+    "menu": (
+        "nm",
+        "num",
+        "unitprice",
+        "cnt",
+        "discountprice",
+        "price",
+        "itemsubtotal",
+        "vatyn",
+        "etc",
+        "sub",
+    ),
     "void_menu": ("nm", "num", "unitprice", "cnt", "price", "etc"),
-    "sub_total": ("subtotal_price", "discount_price", "service_price", "othersvc_price",
-                  "tax_price", "etc"),
-    "total": ("total_price", "total_etc", "cashprice", "changeprice", "creditcardprice",
-              "emoneyprice", "menutype_cnt", "menuqty_cnt"),
+    "sub_total": (
+        "subtotal_price",
+        "discount_price",
+        "service_price",
+        "othersvc_price",
+        "tax_price",
+        "etc",
+    ),
+    "total": (
+        "total_price",
+        "total_etc",
+        "cashprice",
+        "changeprice",
+        "creditcardprice",
+        "emoneyprice",
+        "menutype_cnt",
+        "menuqty_cnt",
+    ),
 }
 SUB_FIELDS: tuple[str, ...] = ("nm", "unitprice", "cnt", "discountprice", "price", "etc")
 _ITEM_GROUPS = ("menu", "void_menu")  # grouped into one dict per item by group_id
@@ -38,8 +62,10 @@ def _ordered(value: Any, group: str | None) -> Any:
         return value
     rank = _TOP_ORDER if group is None else _ORDER.get(group, {})
     keys = sorted(value, key=lambda k: (rank.get(k, len(rank)), k))
-    return {k: _ordered(value[k], k if group is None else ("sub" if k == "sub" else group))
-            for k in keys}
+    return {
+        k: _ordered(value[k], k if group is None else ("sub" if k == "sub" else group))
+        for k in keys
+    }
 
 
 def to_target(gt_parse: dict[str, Any]) -> str:
@@ -65,9 +91,8 @@ def _closed(prefix: str) -> str | None:
             in_str = True
         elif ch in "{[":
             stack.append("}" if ch == "{" else "]")
-        elif ch in "}]":
-            if not stack or stack.pop() != ch:
-                return None
+        elif ch in "}]" and (not stack or stack.pop() != ch):
+            return None
     if esc:
         prefix = prefix[:-1]
     return prefix + ('"' if in_str else "") + "".join(reversed(stack))
@@ -101,8 +126,11 @@ def parse_target(text: str, max_repairs: int = 64) -> dict[str, Any]:
     # Candidate cut points, longest first: the whole text, then before each
     # comma and after each opening bracket, so the last partial member goes.
     cuts = [len(body)]
-    cuts += sorted({i for i, ch in enumerate(body) if ch == ","} |
-                   {i + 1 for i, ch in enumerate(body) if ch in "{["}, reverse=True)
+    cuts += sorted(
+        {i for i, ch in enumerate(body) if ch == ","}
+        | {i + 1 for i, ch in enumerate(body) if ch in "{["},
+        reverse=True,
+    )
     for cut in cuts[:max_repairs]:
         candidate = _closed(body[:cut].rstrip().rstrip(":").rstrip())
         if candidate is None:
@@ -149,13 +177,19 @@ def iter_fields(node: Any, path: str = ""):
     """Yield (path, key, value) for every leaf of a gt_parse, e.g. ('menu[0].sub.nm', 'nm', 'X')."""
     if isinstance(node, dict):
         for k, v in node.items():
-            yield from (iter_fields(v, f"{path}.{k}" if path else k) if isinstance(v, (dict, list))
-                        else [(f"{path}.{k}" if path else k, k, v)])
+            yield from (
+                iter_fields(v, f"{path}.{k}" if path else k)
+                if isinstance(v, (dict, list))
+                else [(f"{path}.{k}" if path else k, k, v)]
+            )
     elif isinstance(node, list):
         key = path.rsplit(".", 1)[-1].split("[")[0]
         for i, v in enumerate(node):
-            yield from (iter_fields(v, f"{path}[{i}]") if isinstance(v, (dict, list))
-                        else [(f"{path}[{i}]", key, v)])
+            yield from (
+                iter_fields(v, f"{path}[{i}]")
+                if isinstance(v, (dict, list))
+                else [(f"{path}[{i}]", key, v)]
+            )
 
 
 def schema_violations(gt_parse: Any) -> list[str]:
@@ -242,7 +276,7 @@ def derive_gt_parse(valid_line: list[dict[str, Any]]) -> dict[str, Any]:
             gid = int(line.get("group_id", 0))
             item = items[group].setdefault(gid, {})
             if group == "menu" and field.startswith("sub_"):
-                key = field[len("sub_"):]
+                key = field[len("sub_") :]
                 entries = subs[gid]
                 if not entries or key in entries[-1]:
                     entries.append({})

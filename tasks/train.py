@@ -21,8 +21,17 @@ import torch
 
 from tasks.config import Params, load_params
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_atomic
-from tasks.modeling import (IMAGE_TOKEN, build_tiny, image_token_count, load_model, load_processor,
-                            lora_config, pick_attn, prompt_text, resolve_base)
+from tasks.modeling import (
+    IMAGE_TOKEN,
+    build_tiny,
+    image_token_count,
+    load_model,
+    load_processor,
+    lora_config,
+    pick_attn,
+    prompt_text,
+    resolve_base,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +56,21 @@ class ReceiptCollator:
 
     def encode(self, record: dict[str, Any]) -> tuple[list[int], int, torch.Tensor]:
         tok = self.processor.tokenizer
-        enc = self.processor(images=record["image"].convert("RGB"), text=prompt_text(self.processor, self.prompt),
-                             return_tensors="pt")
+        enc = self.processor(
+            images=record["image"].convert("RGB"),
+            text=prompt_text(self.processor, self.prompt),
+            return_tensors="pt",
+        )
         prompt_ids = enc["input_ids"][0].tolist()
-        target_ids = tok(record["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        target_ids = tok(record["target"], add_special_tokens=False)["input_ids"] + [
+            tok.eos_token_id
+        ]
         ids = prompt_ids + target_ids
         if len(ids) > self.max_length:
-            raise TargetTooLong(f"record {record['id']!r}: field target is {len(target_ids)} tokens; "
-                                f"with the prompt that is {len(ids)} > max_length {self.max_length}")
+            raise TargetTooLong(
+                f"record {record['id']!r}: field target is {len(target_ids)} tokens; "
+                f"with the prompt that is {len(ids)} > max_length {self.max_length}"
+            )
         return ids, len(prompt_ids), enc["pixel_values"][0]
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -69,10 +85,14 @@ class ReceiptCollator:
             row = torch.tensor(ids)
             input_ids[i, : len(ids)] = row
             attention[i, : len(ids)] = 1
-            labels[i, n_prompt: len(ids)] = row[n_prompt:]
+            labels[i, n_prompt : len(ids)] = row[n_prompt:]
         labels[input_ids == image_id] = -100
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
-                "pixel_values": torch.stack([pv for _, _, pv in encoded])}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "labels": labels,
+            "pixel_values": torch.stack([pv for _, _, pv in encoded]),
+        }
 
 
 def max_length_for(processor, prompt: str, targets: list[str]) -> int:
@@ -103,7 +123,9 @@ def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path)
             texts = list(train["target"]) + [params.ingest.prompt, "USER: ASSISTANT:"]
             build_tiny(params.model.tiny, texts, tmp)
         else:
-            write_text_atomic(tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n")
+            write_text_atomic(
+                tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n"
+            )
     return resolve_base(params.model, out_dir)
 
 
@@ -117,10 +139,20 @@ def _checkpoint_dir(ckpt_dir: Path, digest: str) -> Path:
     return ckpt_dir
 
 
-def run_train(params: Params, dataset_dir: str | Path, base_dir: str | Path, adapter_dir: str | Path,
-              ckpt_dir: str | Path, summary_path: str | Path,
-              loss_csv: str | Path | None = None) -> dict[str, Any]:
-    """QLoRA-train the adapter; return (and write) the training summary."""
+def run_train(
+    params: Params,
+    dataset_dir: str | Path,
+    base_dir: str | Path,
+    adapter_dir: str | Path,
+    ckpt_dir: str | Path,
+    summary_path: str | Path,
+    loss_csv: str | Path | None = None,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """QLoRA-train the adapter; return (and write) the training summary.
+
+    `callbacks` are extra transformers TrainerCallbacks (progress reporting, tests).
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -135,11 +167,19 @@ def run_train(params: Params, dataset_dir: str | Path, base_dir: str | Path, ada
     train = dd["train"]
     max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]))
     attn = pick_attn(t.attn_implementation)
-    model = load_model(base, quantization=t.quantization, compute_dtype=t.compute_dtype, attn=attn,
-                       revision=revision)
+    model = load_model(
+        base,
+        quantization=t.quantization,
+        compute_dtype=t.compute_dtype,
+        attn=attn,
+        revision=revision,
+    )
     if t.quantization == "nf4":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=t.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -149,20 +189,35 @@ def run_train(params: Params, dataset_dir: str | Path, base_dir: str | Path, ada
     ckpt = _checkpoint_dir(Path(ckpt_dir), f"{params.digest()}-{train._fingerprint}")
     on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(ckpt), per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, num_train_epochs=t.epochs,
-        max_steps=t.max_steps, learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay, lr_scheduler_type="cosine", logging_steps=t.logging_steps,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        seed=t.seed, data_seed=t.seed, report_to=[], remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=not on_gpu, disable_tqdm=True,
-        bf16=on_gpu and t.compute_dtype == "bfloat16", fp16=on_gpu and t.compute_dtype == "float16",
-        gradient_checkpointing=False,  # already enabled above, with the kbit preparation
+        output_dir=str(ckpt),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not on_gpu,
+        disable_tqdm=True,
+        bf16=on_gpu and t.compute_dtype == "bfloat16",
+        fp16=on_gpu and t.compute_dtype == "float16",
     )
     collator = ReceiptCollator(processor, params.ingest.prompt, max_length)
     for record in train:  # fail before training, naming the record, if any target is too long
         collator.encode(record)
-    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=collator)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train, data_collator=collator, callbacks=callbacks
+    )
     resume = get_last_checkpoint(str(ckpt))
     if resume:
         log.info("resuming from %s", resume)
@@ -174,19 +229,32 @@ def run_train(params: Params, dataset_dir: str | Path, base_dir: str | Path, ada
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
         write_text_atomic(tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n")
-    curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    curve = [
+        {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
+    ]
     summary = {
-        "base": params.model.base, "quantization": t.quantization, "attn_implementation": attn,
-        "compute_dtype": t.compute_dtype, "device": "cuda" if on_gpu else "cpu",
-        "trainable_params": trainable, "total_params": total, "max_length": max_length,
-        "train_records": len(train), "steps": trainer.state.global_step, "resumed_from": resume,
-        "train_seconds": round(seconds, 2), "train_loss": result.training_loss,
+        "base": params.model.base,
+        "quantization": t.quantization,
+        "attn_implementation": attn,
+        "compute_dtype": t.compute_dtype,
+        "device": "cuda" if on_gpu else "cpu",
+        "trainable_params": trainable,
+        "total_params": total,
+        "max_length": max_length,
+        "train_records": len(train),
+        "steps": trainer.state.global_step,
+        "resumed_from": resume,
+        "train_seconds": round(seconds, 2),
+        "train_loss": result.training_loss,
         "samples_per_second": result.metrics.get("train_samples_per_second"),
-        "final_loss": curve[-1]["loss"] if curve else None, **peak_memory_mb(),
+        "final_loss": curve[-1]["loss"] if curve else None,
+        **peak_memory_mb(),
     }
     write_json_atomic(summary_path, summary)
     if loss_csv:  # the loss curve, as a DVC plot
-        write_text_atomic(loss_csv, "step,loss\n" + "".join(f"{c['step']},{c['loss']}\n" for c in curve))
+        write_text_atomic(
+            loss_csv, "step,loss\n" + "".join(f"{c['step']},{c['loss']}\n" for c in curve)
+        )
     return summary | {"loss_curve": curve}
 
 
@@ -208,13 +276,22 @@ def main(argv: list[str] | None = None) -> None:
         print("base:", run_build_base(params, args.dataset, args.base))
         return
     try:
-        s = run_train(params, args.dataset, args.base, args.adapter, args.checkpoints, args.summary,
-                      args.loss_csv)
+        s = run_train(
+            params,
+            args.dataset,
+            args.base,
+            args.adapter,
+            args.checkpoints,
+            args.summary,
+            args.loss_csv,
+        )
     except TargetTooLong as exc:
         print(f"train: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"train: {s['steps']} steps in {s['train_seconds']} s, final loss {s['final_loss']}, "
-          f"{s['samples_per_second']} samples/s -> {args.adapter}")
+    print(
+        f"train: {s['steps']} steps in {s['train_seconds']} s, final loss {s['final_loss']}, "
+        f"{s['samples_per_second']} samples/s -> {args.adapter}"
+    )
 
 
 if __name__ == "__main__":

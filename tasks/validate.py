@@ -36,15 +36,24 @@ def record_table(dataset_dir: str | Path) -> pd.DataFrame:
     for split in dd:
         for r in dd[split]:
             data = r["image"]["bytes"] or b""
-            row: dict[str, Any] = {"id": r["id"], "split": split, "image_sha256": hashlib.sha256(data).hexdigest(),
-                                   "image_decodes": False, "width": None, "height": None,
-                                   "image_error": "", "target": r["target"]}
+            row: dict[str, Any] = {
+                "id": r["id"],
+                "split": split,
+                "image_sha256": hashlib.sha256(data).hexdigest(),
+                "image_decodes": False,
+                "width": None,
+                "height": None,
+                "image_error": "",
+                "target": r["target"],
+            }
             try:
                 with Image.open(io.BytesIO(data)) as im:
                     im.load()
                     row.update(image_decodes=True, width=im.width, height=im.height)
             except Exception as exc:  # PIL raises several types for bad bytes
-                row["image_error"] = f"image: does not decode ({type(exc).__name__})" if data else "image: missing"
+                row["image_error"] = (
+                    f"image: does not decode ({type(exc).__name__})" if data else "image: missing"
+                )
             gt_error = r["gt_error"]
             row["gt_is_json"] = not gt_error.startswith("ground_truth: not JSON")
             row["has_gt_parse"] = not gt_error
@@ -71,78 +80,130 @@ def _suites(p: ValidateParams):
         return {"reason_column": reason_column, "rule": rule}
 
     records = [
-        gxe.ExpectColumnValuesToBeInSet(column="image_decodes", value_set=[True],
-                                        meta=why("image_error", "the image decodes")),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=p.min_width, max_value=p.max_width,
-                                          meta=why("width", "image width in range")),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=p.min_height, max_value=p.max_height,
-                                          meta=why("height", "image height in range")),
-        gxe.ExpectColumnValuesToBeInSet(column="gt_is_json", value_set=[True],
-                                        meta=why("gt_error", "ground truth parses as JSON")),
-        gxe.ExpectColumnValuesToBeInSet(column="has_gt_parse", value_set=[True],
-                                        meta=why("gt_error", "ground truth has gt_parse")),
-        gxe.ExpectColumnValuesToBeInSet(column="schema_ok", value_set=[True],
-                                        meta=why("schema_error", "gt_parse keys within CORD's schema")),
-        gxe.ExpectColumnValuesToBeInSet(column="prices_ok", value_set=[True],
-                                        meta=why("price_error", "price fields parse as non-negative numbers")),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="target", min_value=3,
-                                                meta=why("gt_error", "target is not empty")),
-        gxe.ExpectColumnValuesToBeUnique(column="image_sha256",
-                                         meta=why("split", "no image duplicated within or across splits")),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="image_decodes", value_set=[True], meta=why("image_error", "the image decodes")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="width",
+            min_value=p.min_width,
+            max_value=p.max_width,
+            meta=why("width", "image width in range"),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="height",
+            min_value=p.min_height,
+            max_value=p.max_height,
+            meta=why("height", "image height in range"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="gt_is_json",
+            value_set=[True],
+            meta=why("gt_error", "ground truth parses as JSON"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="has_gt_parse",
+            value_set=[True],
+            meta=why("gt_error", "ground truth has gt_parse"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="schema_ok",
+            value_set=[True],
+            meta=why("schema_error", "gt_parse keys within CORD's schema"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="prices_ok",
+            value_set=[True],
+            meta=why("price_error", "price fields parse as non-negative numbers"),
+        ),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column="target", min_value=3, meta=why("gt_error", "target is not empty")
+        ),
+        gxe.ExpectColumnValuesToBeUnique(
+            column="image_sha256", meta=why("split", "no image duplicated within or across splits")
+        ),
     ]
     splits = [
-        gxe.ExpectColumnValuesToBeBetween(column="n", min_value=max(1, p.min_split_size),
-                                          max_value=p.max_split_size,
-                                          meta=why("n", "every split non-empty and within bounds")),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="n",
+            min_value=max(1, p.min_split_size),
+            max_value=p.max_split_size,
+            meta=why("n", "every split non-empty and within bounds"),
+        ),
     ]
     return {"records": records, "splits": splits}
 
 
-def run_suites(tables: dict[str, pd.DataFrame], p: ValidateParams, docs_dir: Path | None) -> list[dict]:
+def run_suites(
+    tables: dict[str, pd.DataFrame], p: ValidateParams, docs_dir: Path | None
+) -> list[dict]:
     """Run the suites with Great Expectations; return one summary per expectation."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     if docs_dir is not None:
-        ctx.add_data_docs_site(site_name="local", site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(Path(docs_dir).resolve())},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}})
+        ctx.add_data_docs_site(
+            site_name="local",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(Path(docs_dir).resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
     source = ctx.data_sources.add_pandas("receipts")
     out = []
     for name, expectations in _suites(p).items():
         key = "id" if name == "records" else "split"
         batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
         suite = ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
-        checkpoint = ctx.checkpoints.add(gx.Checkpoint(
-            name=name, validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir else [],
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]}))
+        vd = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        )
+        checkpoint = ctx.checkpoints.add(
+            gx.Checkpoint(
+                name=name,
+                validation_definitions=[vd],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir else [],
+                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [key]},
+            )
+        )
         table = tables[name]
         result = checkpoint.run(batch_parameters={"dataframe": table})
         for run in result.run_results.values():
             for r in run.results:
                 cfg = r.expectation_config
+                assert cfg is not None  # set on every result of a suite run
                 reason_col = cfg.meta["reason_column"]
                 offenders = []
                 for hit in r.result.get("unexpected_index_list") or []:
                     match = table[table[key] == hit[key]].iloc[0]
-                    offenders.append({key: hit[key], "split": match["split"],
-                                      "reason": str(match[reason_col])})
-                out.append({"table": name, "expectation": cfg.type, "column": cfg.kwargs.get("column"),
-                            "rule": cfg.meta["rule"], "success": bool(r.success),
-                            "unexpected_count": int(r.result.get("unexpected_count") or 0),
-                            "offending": offenders})
+                    offenders.append(
+                        {key: hit[key], "split": match["split"], "reason": str(match[reason_col])}
+                    )
+                out.append(
+                    {
+                        "table": name,
+                        "expectation": cfg.type,
+                        "column": cfg.kwargs.get("column"),
+                        "rule": cfg.meta["rule"],
+                        "success": bool(r.success),
+                        "unexpected_count": int(r.result.get("unexpected_count") or 0),
+                        "offending": offenders,
+                    }
+                )
     return out
 
 
-def run_validate(p: ValidateParams, dataset_dir: str | Path, report_path: str | Path,
-                 docs_dir: str | Path | None = None) -> dict:
+def run_validate(
+    p: ValidateParams,
+    dataset_dir: str | Path,
+    report_path: str | Path,
+    docs_dir: str | Path | None = None,
+) -> dict:
     """Validate the dataset; write the report (and Data Docs); raise ValidationFailed naming records."""
     records = record_table(dataset_dir)
     tables = {"records": records, "splits": split_table(records)}
@@ -151,34 +212,47 @@ def run_validate(p: ValidateParams, dataset_dir: str | Path, report_path: str | 
             results = run_suites(tables, p, tmp)
     else:
         results = run_suites(tables, p, None)
-    report = {"success": all(r["success"] for r in results),
-              "records": int(len(records)),
-              "splits": dict(zip(tables["splits"]["split"], map(int, tables["splits"]["n"]))),
-              "expectations": results}
+    report = {
+        "success": all(r["success"] for r in results),
+        "records": int(len(records)),
+        "splits": dict(
+            zip(tables["splits"]["split"], map(int, tables["splits"]["n"]), strict=False)
+        ),
+        "expectations": results,
+    }
     write_json_atomic(report_path, report)
     if not report["success"]:
         lines = []
         for r in results:
             if not r["success"]:
-                shown = "; ".join(f"{o.get('id', o.get('split'))}: {o['reason']}" for o in r["offending"][:20])
+                shown = "; ".join(
+                    f"{o.get('id', o.get('split'))}: {o['reason']}" for o in r["offending"][:20]
+                )
                 more = f" (+{len(r['offending']) - 20} more)" if len(r["offending"]) > 20 else ""
-                lines.append(f"- {r['rule']} [{r['expectation']} on {r['column']}]: "
-                             f"{r['unexpected_count']} failing: {shown}{more}")
-        raise ValidationFailed("validation failed (full report in "
-                               f"{report_path}):\n" + "\n".join(lines))
+                lines.append(
+                    f"- {r['rule']} [{r['expectation']} on {r['column']}]: "
+                    f"{r['unexpected_count']} failing: {shown}{more}"
+                )
+        raise ValidationFailed(
+            f"validation failed (full report in {report_path}):\n" + "\n".join(lines)
+        )
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Validate the processed dataset with Great Expectations.")
+    ap = argparse.ArgumentParser(
+        description="Validate the processed dataset with Great Expectations."
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dataset", default="artifacts/dataset")
     ap.add_argument("--report", default="reports/validation.json")
     ap.add_argument("--docs", default="reports/data_docs")
     args = ap.parse_args(argv)
     try:
-        report = run_validate(load_params(args.params).validate_, args.dataset, args.report, args.docs)
+        report = run_validate(
+            load_params(args.params).validate_, args.dataset, args.report, args.docs
+        )
     except ValidationFailed as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)

@@ -34,7 +34,9 @@ SAMPLE_GT_PARSE = {
 
 
 def needs(path: Path):
-    return pytest.mark.skipif(not path.is_dir(), reason=f"{path} absent (real CORD data lives beside the repo)")
+    return pytest.mark.skipif(
+        not path.is_dir(), reason=f"{path} absent (real CORD data lives beside the repo)"
+    )
 
 
 def small_params(**sections):
@@ -42,14 +44,26 @@ def small_params(**sections):
     from tasks.config import load_params
 
     p = load_params(REPO / "params.yaml")
-    p.data.synthetic = p.data.synthetic.model_copy(update={"train": 12, "validation": 4, "test": 4, "max_items": 2})
-    p.model.tiny = p.model.tiny.model_copy(update={"image_size": 64, "patch_size": 32, "vision_hidden": 32,
-                                                   "text_hidden": 64, "text_intermediate": 128,
-                                                   "vocab_size": 400})
-    p.train = p.train.model_copy(update={"max_steps": 6, "batch_size": 4, "save_steps": 3, "logging_steps": 1})
+    p.data.synthetic = p.data.synthetic.model_copy(
+        update={"train": 12, "validation": 4, "test": 4, "max_items": 2}
+    )
+    p.model.tiny = p.model.tiny.model_copy(
+        update={
+            "image_size": 64,
+            "patch_size": 32,
+            "vision_hidden": 32,
+            "text_hidden": 64,
+            "text_intermediate": 128,
+            "vocab_size": 400,
+        }
+    )
+    p.train = p.train.model_copy(
+        update={"max_steps": 6, "batch_size": 4, "save_steps": 3, "logging_steps": 1}
+    )
     p.evaluate = p.evaluate.model_copy(update={"max_new_tokens": 24, "batch_size": 4})
     for name, update in sections.items():
-        setattr(p, name, getattr(p, name).model_copy(update=update))
+        attr = {"validate": "validate_", "register": "register_"}.get(name, name)
+        setattr(p, attr, getattr(p, attr).model_copy(update=update))
     return p
 
 
@@ -85,6 +99,13 @@ def trained(tmp_path_factory, params, dataset_dir, base_dir):
     from tasks.train import run_train
 
     root = tmp_path_factory.mktemp("train")
-    summary = run_train(params, dataset_dir, base_dir, root / "adapter", root / "ckpt", root / "train.json",
-                        root / "loss.csv")
+    summary = run_train(
+        params,
+        dataset_dir,
+        base_dir,
+        root / "adapter",
+        root / "ckpt",
+        root / "train.json",
+        root / "loss.csv",
+    )
     return {"adapter": root / "adapter", "summary": summary, "root": root}

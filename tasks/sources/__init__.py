@@ -29,8 +29,10 @@ def parse_source(source: str) -> tuple[str, str | None]:
     kind, _, arg = source.partition(":")
     kinds = ("synthetic", "imagefolder", "cord-json", "hf")
     if kind not in kinds:
-        raise ValueError(f"unknown data source {source!r}: expected one of "
-                         "synthetic, imagefolder:<dir>, cord-json:<dir>, hf:<dataset id>")
+        raise ValueError(
+            f"unknown data source {source!r}: expected one of "
+            "synthetic, imagefolder:<dir>, cord-json:<dir>, hf:<dataset id>"
+        )
     if kind in ("imagefolder", "cord-json") and not arg:
         raise ValueError(f"data source {kind!r} needs a directory: {kind}:<dir>")
     return kind, (arg or None)
@@ -52,4 +54,6 @@ def write_snapshot(records: list[RawRecord], out_dir: Path, source: str) -> None
                 row["split"] = r.split
             row.update(r.extra or {})
             meta.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out_dir / "SOURCE.json").write_text(json.dumps({"source": source, "records": len(records)}) + "\n")
+    (out_dir / "SOURCE.json").write_text(
+        json.dumps({"source": source, "records": len(records)}) + "\n"
+    )

@@ -21,8 +21,12 @@ SPLIT_DIRS = {"train": "train", "dev": "validation", "test": "test"}
 def _box(quad: dict[str, Any], scale: float) -> tuple[int, int, int, int]:
     xs = [quad[f"x{i}"] for i in range(1, 5)]
     ys = [quad[f"y{i}"] for i in range(1, 5)]
-    return (int(min(xs) * scale), int(min(ys) * scale),
-            int(max(xs) * scale) + 1, int(max(ys) * scale) + 1)
+    return (
+        int(min(xs) * scale),
+        int(min(ys) * scale),
+        int(max(xs) * scale) + 1,
+        int(max(ys) * scale) + 1,
+    )
 
 
 def render_annotation(ann: dict[str, Any], record_id: str, max_side: int) -> bytes:
@@ -61,7 +65,9 @@ def load(directory: str | Path, max_side: int) -> list[RawRecord]:
             try:
                 ann = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"record {rid!r} ({path}): ground truth is not JSON: {exc}") from exc
+                raise ValueError(
+                    f"record {rid!r} ({path}): ground truth is not JSON: {exc}"
+                ) from exc
             records.append(RawRecord(rid, split, render_annotation(ann, rid, max_side), text))
     if not records:
         raise ValueError(f"cord-json source: no {{train,dev,test}}/*.json files under {root}")

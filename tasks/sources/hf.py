@@ -6,9 +6,11 @@ import io
 
 from tasks.sources import RawRecord
 
-OFFLINE_HINT = ("the Hugging Face Hub is not reachable from here. Offline sources: "
-                "'synthetic', 'imagefolder:<dir>' (e.g. ../shared/cord-v2-sample) or "
-                "'cord-json:<dir>' (e.g. ../shared/cord-v1-json)")
+OFFLINE_HINT = (
+    "the Hugging Face Hub is not reachable from here. Offline sources: "
+    "'synthetic', 'imagefolder:<dir>' (e.g. ../shared/cord-v2-sample) or "
+    "'cord-json:<dir>' (e.g. ../shared/cord-v1-json)"
+)
 
 
 def load(dataset_id: str | None) -> list[RawRecord]:
@@ -17,14 +19,23 @@ def load(dataset_id: str | None) -> list[RawRecord]:
     dataset_id = dataset_id or "naver-clova-ix/cord-v2"
     try:
         dd = datasets.load_dataset(dataset_id)
-    except Exception as exc:  # offline: ConnectionError, LocalEntryNotFoundError, OfflineModeIsEnabled
-        raise RuntimeError(f"hf:{dataset_id}: could not load ({type(exc).__name__}: {exc}); "
-                           f"{OFFLINE_HINT}") from exc
+    except (
+        Exception
+    ) as exc:  # offline: ConnectionError, LocalEntryNotFoundError, OfflineModeIsEnabled
+        raise RuntimeError(
+            f"hf:{dataset_id}: could not load ({type(exc).__name__}: {exc}); {OFFLINE_HINT}"
+        ) from exc
     records = []
     for split, ds in dd.items():
         for i, row in enumerate(ds):
             buf = io.BytesIO()
             row["image"].save(buf, format="PNG")
-            records.append(RawRecord(f"{dataset_id.split('/')[-1]}-{split}-{i:05d}", split,
-                                     buf.getvalue(), row["ground_truth"]))
+            records.append(
+                RawRecord(
+                    f"{dataset_id.split('/')[-1]}-{split}-{i:05d}",
+                    split,
+                    buf.getvalue(),
+                    row["ground_truth"],
+                )
+            )
     return records

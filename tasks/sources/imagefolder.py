@@ -29,10 +29,12 @@ def load(directory: str | Path) -> list[RawRecord]:
         image_path = root / row["file_name"]
         # A missing image is carried as empty bytes so validation reports it by id.
         image = image_path.read_bytes() if image_path.is_file() else b""
-        records.append(RawRecord(
-            id=Path(row["file_name"]).stem,
-            split=row.get("split"),
-            image_bytes=image,
-            ground_truth=gt if isinstance(gt, str) else json.dumps(gt, ensure_ascii=False),
-        ))
+        records.append(
+            RawRecord(
+                id=Path(row["file_name"]).stem,
+                split=row.get("split"),
+                image_bytes=image,
+                ground_truth=gt if isinstance(gt, str) else json.dumps(gt, ensure_ascii=False),
+            )
+        )
     return records

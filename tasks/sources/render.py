@@ -26,16 +26,18 @@ def paper(width: int, height: int, rng: random.Random) -> Image.Image:
     return img.convert("RGB")
 
 
-def draw_text_in_box(img: Image.Image, text: str, box: tuple[int, int, int, int], ink: int = 30) -> None:
+def draw_text_in_box(
+    img: Image.Image, text: str, box: tuple[int, int, int, int], ink: int = 30
+) -> None:
     """Draw text stretched to fill an axis-aligned box (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     w, h = max(1, x1 - x0), max(1, y1 - y0)
     f = font(h)
     left, top, right, bottom = f.getbbox(text)
-    tw, th = max(1, right - left), max(1, bottom - top)
+    tw, th = max(1, int(right - left)), max(1, int(bottom - top))
     glyphs = Image.new("L", (tw, th), 0)
-    ImageDraw.Draw(glyphs).text((-left, -top), text, font=f, fill=255)
-    glyphs = glyphs.resize((w, h), Image.BILINEAR)
+    ImageDraw.Draw(glyphs).text((-int(left), -int(top)), text, font=f, fill=255)
+    glyphs = glyphs.resize((w, h), Image.Resampling.BILINEAR)
     img.paste(Image.new("RGB", (w, h), (ink, ink, ink)), (x0, y0), glyphs)
 
 

@@ -17,10 +17,30 @@ from tasks.sources import RawRecord
 from tasks.sources.render import font, paper, png_bytes
 
 MENU_NAMES = [
-    "ICE BLACKCOFFE", "AVOCADO COFFEE", "CHIKEN KATSU", "NASI GORENG", "MIE AYAM", "ES TEH MANIS",
-    "KOPI SUSU", "TEH TARIK", "ROTI BAKAR", "SATE AYAM", "BAKSO SAPI", "AYAM GEPREK",
-    "LEMON TEA", "MATCHA LATTE", "CHOCO CAKE", "FRENCH FRIES", "NASI UDUK", "SOTO BETAWI",
-    "PISANG GORENG", "JUS ALPUKAT", "CAPPUCCINO", "AMERICANO", "CROISSANT", "DIMSUM",
+    "ICE BLACKCOFFE",
+    "AVOCADO COFFEE",
+    "CHIKEN KATSU",
+    "NASI GORENG",
+    "MIE AYAM",
+    "ES TEH MANIS",
+    "KOPI SUSU",
+    "TEH TARIK",
+    "ROTI BAKAR",
+    "SATE AYAM",
+    "BAKSO SAPI",
+    "AYAM GEPREK",
+    "LEMON TEA",
+    "MATCHA LATTE",
+    "CHOCO CAKE",
+    "FRENCH FRIES",
+    "NASI UDUK",
+    "SOTO BETAWI",
+    "PISANG GORENG",
+    "JUS ALPUKAT",
+    "CAPPUCCINO",
+    "AMERICANO",
+    "CROISSANT",
+    "DIMSUM",
 ]
 STORES = ["WARUNG SEDERHANA", "KOPI KENANGAN", "CAFE NUSANTARA", "RESTO BAHAGIA", "TOKO ROTI"]
 
@@ -65,8 +85,9 @@ def make_gt_parse(rng: random.Random, max_items: int) -> tuple[dict[str, Any], d
     return gt, {"store": rng.choice(STORES), "items": items}
 
 
-def render(gt: dict[str, Any], store: str, items: list[dict[str, Any]], width: int,
-           rng: random.Random) -> Image.Image:
+def render(
+    gt: dict[str, Any], store: str, items: list[dict[str, Any]], width: int, rng: random.Random
+) -> Image.Image:
     """Lay the receipt out line by line: store, items, totals; font size and layout vary."""
     size = rng.randint(13, 19)
     f = font(size)
@@ -82,8 +103,14 @@ def render(gt: dict[str, Any], store: str, items: list[dict[str, Any]], width: i
         else:
             lines.append((f"{it['cnt']} {it['nm']}", it["price"]))
     lines.append(("-" * 40, ""))
-    labels = {"subtotal_price": "SUBTOTAL", "service_price": "SERVICE", "tax_price": "TAX 10%",
-              "total_price": "TOTAL", "cashprice": "CASH", "changeprice": "CHANGE"}
+    labels = {
+        "subtotal_price": "SUBTOTAL",
+        "service_price": "SERVICE",
+        "tax_price": "TAX 10%",
+        "total_price": "TOTAL",
+        "cashprice": "CASH",
+        "changeprice": "CHANGE",
+    }
     for group in ("sub_total", "total"):
         for key, value in gt.get(group, {}).items():
             lines.append((labels[key], value))
@@ -113,8 +140,14 @@ def generate(p: SyntheticParams) -> list[RawRecord]:
             gt, extra = make_gt_parse(rng, p.max_items)
             img = render(gt, extra["store"], extra["items"], p.width, rng)
             rid = f"synthetic-{split}-{i:05d}"
-            ground_truth = {"gt_parse": json.loads(to_target(gt)),
-                            "meta": {"version": "2.0.0", "split": split, "image_id": i,
-                                     "image_size": {"width": img.width, "height": img.height}}}
+            ground_truth = {
+                "gt_parse": json.loads(to_target(gt)),
+                "meta": {
+                    "version": "2.0.0",
+                    "split": split,
+                    "image_id": i,
+                    "image_size": {"width": img.width, "height": img.height},
+                },
+            }
             records.append(RawRecord(rid, split, png_bytes(img), json.dumps(ground_truth)))
     return records

@@ -2,15 +2,21 @@ import pytest
 
 from tasks.metrics import f1, field_counts, flatten, normalize, per_field, score, ted_accuracy
 
-GT = {"menu": [{"nm": "ICE", "price": "82,000"}, {"nm": "TEA", "price": "5,000"}],
-      "total": {"total_price": "87,000"}}
+GT = {
+    "menu": [{"nm": "ICE", "price": "82,000"}, {"nm": "TEA", "price": "5,000"}],
+    "total": {"total_price": "87,000"},
+}
 
 
 def test_normalize_wraps_scalars_drops_empties_and_sorts_keys():
     # Donut drops empty containers (not empty strings: "" becomes [""], which is kept)
-    assert normalize({"total": {"total_price": "5", "etc": {}}, "menu": {"nm": " A "}, "void_menu": []}) == \
-        {"menu": [{"nm": ["A"]}], "total": [{"total_price": ["5"]}]}
-    assert list(normalize({"total": {}, "menu": {"price": "1", "nm": "a"}})["menu"][0]) == ["nm", "price"]
+    assert normalize(
+        {"total": {"total_price": "5", "etc": {}}, "menu": {"nm": " A "}, "void_menu": []}
+    ) == {"menu": [{"nm": ["A"]}], "total": [{"total_price": ["5"]}]}
+    assert list(normalize({"total": {}, "menu": {"price": "1", "nm": "a"}})["menu"][0]) == [
+        "nm",
+        "price",
+    ]
 
 
 def test_ted_accuracy_bounds():
@@ -35,7 +41,11 @@ def test_ted_accuracy_list_handling_is_order_sensitive_like_donut():
 
 def test_field_f1_counts_multiset_matches():
     pred = {"menu": [{"nm": "ICE", "price": "82,000"}], "total": {"total_price": "1"}}
-    assert flatten(normalize(pred)) == [("menu.nm", "ICE"), ("menu.price", "82,000"), ("total.total_price", "1")]
+    assert flatten(normalize(pred)) == [
+        ("menu.nm", "ICE"),
+        ("menu.price", "82,000"),
+        ("total.total_price", "1"),
+    ]
     tp, fp, fn = field_counts(pred, GT)
     assert (tp, fp, fn) == (2, 1, 3)
     assert f1(tp, fp, fn) == pytest.approx(2 / (2 + 4 / 2))
@@ -46,7 +56,7 @@ def test_score_on_truncated_empty_and_perfect_outputs():
     from tasks.receipt_json import to_target
 
     perfect = to_target(GT)
-    truncated = perfect[:30]       # '{"menu":[{"nm":"ICE","price":"' : invalid JSON, partly scorable
+    truncated = perfect[:30]  # '{"menu":[{"nm":"ICE","price":"' : invalid JSON, partly scorable
     m = score([perfect, truncated, ""], [GT, GT, GT])
     assert m["json_valid_rate"] == pytest.approx(1 / 3)
     assert m["exact_match"] == pytest.approx(1 / 3)

@@ -14,7 +14,9 @@ from tests.conftest import CORD_JSON, CORD_SAMPLE, SAMPLE_GT_PARSE, needs, small
 def test_synthetic_generator_is_deterministic():
     p = SyntheticParams(train=5, validation=2, test=2, seed=3)
     a, b = generate(p), generate(p)
-    assert [(r.id, r.image_bytes, r.ground_truth) for r in a] == [(r.id, r.image_bytes, r.ground_truth) for r in b]
+    assert [(r.id, r.image_bytes, r.ground_truth) for r in a] == [
+        (r.id, r.image_bytes, r.ground_truth) for r in b
+    ]
     other = generate(p.model_copy(update={"seed": 4}))
     assert [r.image_bytes for r in other] != [r.image_bytes for r in a]
 
@@ -52,12 +54,16 @@ def test_ingest_round_trip_on_synthetic(tmp_path):
     counts = run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
     assert counts == {"train": 12, "validation": 4, "test": 4}
     dd = load_dataset_dir(tmp_path / "ds")
-    meta = {json.loads(line)["file_name"].split("/")[-1][:-4]: json.loads(line)
-            for line in (tmp_path / "data" / "metadata.jsonl").read_text().splitlines()}
+    meta = {
+        json.loads(line)["file_name"].split("/")[-1][:-4]: json.loads(line)
+        for line in (tmp_path / "data" / "metadata.jsonl").read_text().splitlines()
+    }
     for split in dd:
         for r in dd[split]:
             assert r["prompt"] == p.ingest.prompt and r["gt_error"] == ""
-            assert parse_target(r["target"]) == json.loads(meta[r["id"]]["ground_truth"])["gt_parse"]
+            assert (
+                parse_target(r["target"]) == json.loads(meta[r["id"]]["ground_truth"])["gt_parse"]
+            )
             assert r["image"].size[0] == p.data.synthetic.width
 
 
@@ -68,6 +74,7 @@ def test_snapshot_is_written_atomically(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr("tasks.data.write_snapshot", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_data(p.data, tmp_path / "data")
@@ -99,9 +106,17 @@ def test_cord_json_renders_and_carves_a_test_split(tmp_path):
     p = small_params()
     # a small slice through the whole source -> ingest path
     from tasks.sources import write_snapshot
+
     write_snapshot(records[:30] + records[-5:], tmp_path / "data", "cord-json")
-    counts = run_ingest(p.ingest.model_copy(update={"carve_test_size": 10}), tmp_path / "data", tmp_path / "ds")
+    counts = run_ingest(
+        p.ingest.model_copy(update={"carve_test_size": 10}), tmp_path / "data", tmp_path / "ds"
+    )
     assert counts == {"train": 20, "validation": 5, "test": 10}
-    again = run_ingest(p.ingest.model_copy(update={"carve_test_size": 10}), tmp_path / "data", tmp_path / "ds2")
-    assert load_dataset_dir(tmp_path / "ds")["test"]["id"] == load_dataset_dir(tmp_path / "ds2")["test"]["id"]
+    again = run_ingest(
+        p.ingest.model_copy(update={"carve_test_size": 10}), tmp_path / "data", tmp_path / "ds2"
+    )
+    assert (
+        load_dataset_dir(tmp_path / "ds")["test"]["id"]
+        == load_dataset_dir(tmp_path / "ds2")["test"]["id"]
+    )
     assert again == counts

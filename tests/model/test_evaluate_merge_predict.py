@@ -1,0 +1,93 @@
+"""Evaluation reports before/after; the merged model reads like the adapter model; predict works."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tasks.evaluate import generate, load_for_inference, run_evaluate
+from tasks.ingest import load_dataset_dir
+from tasks.merge import run_merge
+from tasks.predict import BadImage, ReceiptReader, open_image
+from tests.conftest import CORD_SAMPLE, REPO, needs
+
+
+@pytest.fixture(scope="module")
+def merged_dir(params, base_dir, trained, tmp_path_factory):
+    return run_merge(
+        params, base_dir, trained["adapter"], tmp_path_factory.mktemp("merged") / "merged"
+    )
+
+
+def test_evaluate_reports_base_and_finetuned_metrics(
+    params, dataset_dir, base_dir, trained, tmp_path
+):
+    m = run_evaluate(
+        params,
+        dataset_dir,
+        base_dir,
+        trained["adapter"],
+        tmp_path / "m.json",
+        tmp_path / "p.jsonl",
+        tmp_path / "f.json",
+    )
+    assert json.loads((tmp_path / "m.json").read_text()) == m
+    for key in ("json_valid_rate", "ted_accuracy", "field_f1", "exact_match"):
+        assert 0.0 <= m[key] <= 1.0 and 0.0 <= m[f"base_{key}"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    test_ids = load_dataset_dir(dataset_dir)["test"]["id"]
+    assert [r["id"] for r in rows] == test_ids and m["n"] == len(test_ids)
+    assert all({"prediction", "parsed", "base_prediction", "target"} <= set(r) for r in rows)
+
+
+def test_merged_model_reads_exactly_like_the_adapter_model(
+    params, dataset_dir, base_dir, trained, merged_dir
+):
+    images = load_dataset_dir(dataset_dir)["test"]["image"]
+    model, processor = load_for_inference(params, base_dir, trained["adapter"])
+    with_adapter = generate(model, processor, images, params.ingest.prompt, 24, 4)
+    reader = ReceiptReader(merged_dir, params.ingest.prompt, max_new_tokens=24, batch_size=4)
+    merged = [r["raw"] for r in reader.read(images)]
+    assert merged == with_adapter
+    # the merged weights are plain full-precision tensors: nothing 4-bit, no LoRA left
+    names = [n for n, _ in reader.model.named_parameters()]
+    assert not any("lora_" in n for n in names)
+    assert all(p.dtype == torch.float32 for p in reader.model.parameters())
+
+
+def test_open_image_errors_are_clear(tmp_path):
+    with pytest.raises(BadImage, match="nope.png: no such file"):
+        open_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(BadImage, match="bad.png: not a readable image"):
+        open_image(tmp_path / "bad.png")
+
+
+@needs(CORD_SAMPLE)
+@pytest.mark.real_data
+def test_predict_cli_on_the_sample_receipt(merged_dir, tmp_path):
+    image = CORD_SAMPLE / "images" / "cord_tst_receipt_00004.png"
+    out = subprocess.run(
+        [sys.executable, "-m", "tasks.predict", "--model", str(merged_dir), str(image)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (
+        row["image"] == str(image)
+        and isinstance(row["json"], dict)
+        and isinstance(row["valid_json"], bool)
+    )
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n")
+    err = subprocess.run(
+        [sys.executable, "-m", "tasks.predict", "--model", str(merged_dir), str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert err.returncode == 2 and "broken.png: not a readable image" in err.stderr

@@ -1,0 +1,137 @@
+"""QLoRA training behaviour on the tiny model: masks, 4-bit modules, what trains, resume."""
+
+import pytest
+import torch
+
+from tasks.ingest import load_dataset_dir
+from tasks.modeling import IMAGE_TOKEN, load_model, load_processor, prompt_text
+from tasks.train import ReceiptCollator, TargetTooLong, max_length_for, run_train
+
+
+@pytest.fixture(scope="module")
+def processor(base_dir):
+    return load_processor(str(base_dir))
+
+
+def test_collator_masks_prompt_pad_and_image_tokens(params, dataset_dir, processor):
+    train = load_dataset_dir(dataset_dir)["train"]
+    records = [train[0], train[1]]
+    max_len = max_length_for(processor, params.ingest.prompt, list(train["target"]))
+    batch = ReceiptCollator(processor, params.ingest.prompt, max_len)(records)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    n_prompt = len(
+        processor(images=records[0]["image"], text=prompt_text(processor, params.ingest.prompt))[
+            "input_ids"
+        ][0]
+    )
+    for i, rec in enumerate(records):
+        target_ids = tok(rec["target"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        labels, ids = batch["labels"][i], batch["input_ids"][i]
+        assert (labels[:n_prompt] == -100).all()  # the prompt is masked
+        assert labels[n_prompt : n_prompt + len(target_ids)].tolist() == target_ids
+        assert (labels[n_prompt + len(target_ids) :] == -100).all()  # padding is masked
+        assert (ids[n_prompt + len(target_ids) :] == tok.pad_token_id).all()
+        assert (labels[ids == image_id] == -100).all() and (ids == image_id).sum() > 0
+    assert batch["pixel_values"].shape[0] == 2
+
+
+def test_overlong_target_is_rejected_not_truncated(params, dataset_dir, processor):
+    record = dict(load_dataset_dir(dataset_dir)["train"][0])
+    record["target"] = record["target"] * 20
+    with pytest.raises(TargetTooLong, match=f"record '{record['id']}': field target is"):
+        ReceiptCollator(processor, params.ingest.prompt, max_length=200)([record])
+
+
+def test_4bit_quantises_the_language_model_only(base_dir):
+    import bitsandbytes as bnb
+
+    model = load_model(str(base_dir), quantization="nf4")
+    four_bit = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and all(".language_model." in n for n in four_bit)
+    assert not any(
+        "vision_tower" in n or "multi_modal_projector" in n or "lm_head" in n for n in four_bit
+    )
+
+
+def test_qlora_trains_the_adapter(trained):
+    from safetensors.torch import load_file
+
+    summary = trained["summary"]
+    assert (
+        summary["quantization"] == "nf4"
+        and summary["steps"] == 6
+        and summary["attn_implementation"] == "sdpa"
+    )
+    assert summary["loss_curve"][-1]["loss"] < summary["loss_curve"][0]["loss"]
+    adapter = load_file(trained["adapter"] / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at zero: it trained
+    assert not any("vision_tower" in k for k in adapter)
+
+
+def test_frozen_base_weights_do_not_move_during_training(params, dataset_dir, base_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    snapshots = {}
+
+    class Snap(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            snapshots["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            snapshots["after"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    run_train(
+        params,
+        dataset_dir,
+        base_dir,
+        tmp_path / "a",
+        tmp_path / "c",
+        tmp_path / "s.json",
+        callbacks=[Snap()],
+    )
+    before, after = snapshots["before"], snapshots["after"]
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all("lora_" in n or "modules_to_save" in n for n in changed)
+    assert any("lora_" in n for n in changed)
+    frozen_vision = [n for n in before if "vision_tower" in n]
+    assert frozen_vision and not (changed & set(frozen_vision))
+
+
+def test_resume_from_checkpoint_after_an_interrupted_run(params, dataset_dir, base_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 4:
+                raise RuntimeError("simulated crash")
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(
+            params,
+            dataset_dir,
+            base_dir,
+            tmp_path / "a",
+            ckpt,
+            tmp_path / "s.json",
+            callbacks=[Crash()],
+        )
+    assert (ckpt / "checkpoint-3").is_dir() and not (
+        tmp_path / "a"
+    ).exists()  # no half-written adapter
+    summary = run_train(params, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
+    assert summary["resumed_from"].endswith("checkpoint-3")
+    assert summary["steps"] == 6
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_checkpoints_from_other_params_are_not_resumed(params, dataset_dir, base_dir, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_train(params, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
+    other = params.model_copy(
+        update={"train": params.train.model_copy(update={"learning_rate": 1e-3})}
+    )
+    summary = run_train(other, dataset_dir, base_dir, tmp_path / "b", ckpt, tmp_path / "s2.json")
+    assert summary["resumed_from"] is None and summary["steps"] == 6
