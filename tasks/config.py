@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Section(BaseModel):
@@ -81,7 +81,7 @@ class TrainParams(_Section):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     lora_r: int = Field(16, ge=1)
-    lora_alpha: int = 32
+    lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     lora_target_modules: str | list[str] = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
     # Extra fully-trained modules (peft modules_to_save). Empty for a 7B base: plain QLoRA.
@@ -129,12 +129,6 @@ class Params(_Section):
     register_: RegisterParams = Field(RegisterParams(), alias="register")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _check(self) -> Params:
-        if self.train.lora_alpha <= 0:
-            raise ValueError("train.lora_alpha must be positive")
-        return self
 
     def digest(self) -> str:
         """A short, stable hash of every param: tagged on registered model versions."""

@@ -9,7 +9,6 @@ touches the hub. Any other value (e.g. `llava-hf/llava-1.5-7b-hf`) goes through
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -226,7 +225,3 @@ def image_token_count(processor) -> int:
         "input_ids"
     ][0]
     return int((ids == processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).sum())
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())

@@ -70,14 +70,10 @@ class ReceiptReader:
 def predict(model: str, paths: list[str], prompt: str = DEFAULT_PROMPT) -> list[dict[str, Any]]:
     images = [open_image(p) for p in paths]  # all images checked before the model loads
     if model.startswith(("models:/", "runs:/")):
-        import mlflow.pyfunc
-        import pandas as pd
-
-        pyfunc = mlflow.pyfunc.load_model(model)
-        frame = pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]})
-        results = pyfunc.predict(frame)
-        rows = results.to_dict("records") if hasattr(results, "to_dict") else list(results)
-        return [{"image": p, **r} for p, r in zip(paths, rows, strict=True)]
+        raise ValueError(
+            f"{model}: MLflow model URIs come with the registry (issue 4); "
+            "pass a merged model directory such as artifacts/merged"
+        )
     reader = ReceiptReader(model, prompt)
     return [{"image": p, **r} for p, r in zip(paths, reader.read(images), strict=True)]
 
@@ -89,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--model", default="artifacts/merged", help="model directory or models:/name@alias"
-    )
+    ap.add_argument("--model", default="artifacts/merged", help="merged model directory")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("images", nargs="+")
     args = ap.parse_args(argv)
