@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run data repro test test-fast lint clean
+.PHONY: help setup run data repro promote retrain test test-fast lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,10 +38,17 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 	  else $(MAKE) --no-print-directory data; fi; \
 	fi
 	dvc repro
-	@dvc metrics show
+	@dvc metrics show reports/metrics.json reports/gate.json
+	-@$(PY) -m tasks.promote   # a refusal (no better than the champion) is reported, not an error
 
-repro: setup ## dvc repro (what `make run` does once data/ exists)
+repro: setup ## dvc repro (train .. register) on the current data/
 	dvc repro
+
+promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick one)
+	$(PY) -m tasks.promote $(if $(VERSION),--version $(VERSION))
+
+retrain: setup ## the Prefect retrain flow: refresh data, every stage, push, register, promote
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.retrain $(if $(SOURCE),--source '$(SOURCE)')
 
 test: setup ## all tests, end-to-end ones included (what CI runs)
 	$(PY) -m pytest -q

@@ -111,11 +111,22 @@ class GateParams(_Section):
     min_json_valid_rate: float = 0.9
     min_field_f1: float = 0.0
     min_ted_accuracy: float = 0.0
+    # Against the current champion, re-evaluated on the same test split.
     max_regression: float = 0.02
+    # Promotion needs the challenger to beat the champion on this metric.
+    primary_metric: Literal["json_valid_rate", "ted_accuracy", "field_f1", "exact_match"] = (
+        "ted_accuracy"
+    )
+    # ... by at least this much: reruns differ by run-to-run noise, which is no reason to promote.
+    min_improvement: float = Field(0.01, ge=0.0)
 
 
 class RegisterParams(_Section):
     model_name: str = "receipt-llava"
+    experiment: str = "receipt-llava"
+    # What the registered pyfunc carries: the merged model (tiny), or the adapter plus a
+    # pinned reference to the hub base (a 7B base; no 14 GB copy in the artifact store).
+    artifact: Literal["auto", "merged", "adapter"] = "auto"
 
 
 class Params(_Section):

@@ -46,12 +46,21 @@ class ReceiptReader:
         prompt: str = DEFAULT_PROMPT,
         max_new_tokens: int = 256,
         batch_size: int = 8,
+        base: str | None = None,
+        revision: str | None = None,
     ):
+        """`model_dir` is a merged model; with `base`, it is an adapter merged onto that base at load."""
         from tasks.modeling import load_model, load_processor
 
-        self.model = load_model(
-            str(model_dir), quantization="none", compute_dtype="float32", attn="sdpa"
-        ).eval()
+        if base is None:
+            self.model = load_model(str(model_dir), compute_dtype="float32", attn="sdpa").eval()
+        else:
+            from peft import PeftModel
+
+            base_model = load_model(base, compute_dtype="float32", attn="sdpa", revision=revision)
+            self.model = (
+                PeftModel.from_pretrained(base_model, str(model_dir)).merge_and_unload().eval()
+            )
         self.processor = load_processor(str(model_dir))
         self.prompt, self.max_new_tokens, self.batch_size = prompt, max_new_tokens, batch_size
 
@@ -70,10 +79,20 @@ class ReceiptReader:
 def predict(model: str, paths: list[str], prompt: str = DEFAULT_PROMPT) -> list[dict[str, Any]]:
     images = [open_image(p) for p in paths]  # all images checked before the model loads
     if model.startswith(("models:/", "runs:/")):
-        raise ValueError(
-            f"{model}: MLflow model URIs come with the registry (issue 4); "
-            "pass a merged model directory such as artifacts/merged"
-        )
+        import mlflow.pyfunc
+        import pandas as pd
+
+        from tasks.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+        pyfunc = mlflow.pyfunc.load_model(model)
+        frame = pyfunc.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
+        return [
+            {"image": p, "json": json.loads(j), "valid_json": bool(v), "raw": r}
+            for p, j, v, r in zip(
+                paths, frame["json"], frame["valid_json"], frame["raw"], strict=True
+            )
+        ]
     reader = ReceiptReader(model, prompt)
     return [{"image": p, **r} for p, r in zip(paths, reader.read(images), strict=True)]
 

@@ -8,6 +8,7 @@ adapter + processor and a training summary (steps, loss curve, samples/s, peak m
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import resource
 import shutil
@@ -129,9 +130,26 @@ def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path)
     return resolve_base(params.model, out_dir)
 
 
+def base_fingerprint(base: str) -> str:
+    """Identity of the base weights: small files by content, large ones by size; a hub id as is."""
+    root = Path(base)
+    if not root.is_dir():
+        return base
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root)}:{size}".encode())
+        if size < 64 * 2**20:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _checkpoint_dir(ckpt_dir: Path, digest: str) -> Path:
-    """Checkpoints of other params or data are stale: discard them instead of resuming them."""
-    stamp = ckpt_dir / "PARAMS_DIGEST"
+    """Checkpoints of other params, data or base are stale: discard them instead of resuming them.
+
+    They exist for crash recovery only; a finished run removes them (see run_train).
+    """
+    stamp = ckpt_dir / "RUN_DIGEST"
     if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text().strip() != digest):
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +204,8 @@ def run_train(
     model = get_peft_model(model, lora_config(t))
     trainable, total = model.get_nb_trainable_parameters()
 
-    ckpt = _checkpoint_dir(Path(ckpt_dir), f"{params.digest()}-{train._fingerprint}")
+    run_digest = f"{params.digest()}-{train._fingerprint}-{base_fingerprint(base)}"
+    ckpt = _checkpoint_dir(Path(ckpt_dir), run_digest)
     on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(ckpt),
@@ -255,6 +274,10 @@ def run_train(
         write_text_atomic(
             loss_csv, "step,loss\n" + "".join(f"{c['step']},{c['loss']}\n" for c in curve)
         )
+    # The run finished and its adapter is saved: its checkpoints would only make a forced
+    # rerun "resume" at the last step and train nothing.
+    for finished in ckpt.glob("checkpoint-*"):
+        shutil.rmtree(finished)
     return summary | {"loss_curve": curve}
 
 

@@ -61,10 +61,69 @@ def small_params(**sections):
         update={"max_steps": 6, "batch_size": 4, "save_steps": 3, "logging_steps": 1}
     )
     p.evaluate = p.evaluate.model_copy(update={"max_new_tokens": 24, "batch_size": 4})
+    # A few steps teach a tiny model little: gate on what it can reach, judge the gate separately.
+    p.gate = p.gate.model_copy(update={"min_json_valid_rate": 0.0, "max_regression": 1.0})
     for name, update in sections.items():
         attr = {"validate": "validate_", "register": "register_"}.get(name, name)
         setattr(p, attr, getattr(p, attr).model_copy(update=update))
     return p
+
+
+def make_project(root: Path, params) -> Path:
+    """A fresh clone-like project: this repo's code, dvc.yaml and .gitignore, the given params,
+    git and DVC initialised with a local remote, the code committed."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    write_params(root, params)
+    env = git_env()
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "remote", "add", "-d", "local", str(root / "dvc-remote")],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "project"],
+    ):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    assert yaml.safe_load((root / "params.yaml").read_text())
+    return root
+
+
+def write_params(root: Path, params) -> None:
+    import yaml
+
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+
+
+def git_env() -> dict[str, str]:
+    """The environment for a project's subprocesses: the venv's tools first, a git identity,
+    and no inherited MLFLOW_TRACKING_URI (each project uses its own mlflow.db)."""
+    import sys
+
+    return {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_uri():
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI to child processes: keep it per test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(scope="session")

@@ -125,11 +125,14 @@ def test_resume_from_checkpoint_after_an_interrupted_run(params, dataset_dir, ba
     assert summary["resumed_from"].endswith("checkpoint-3")
     assert summary["steps"] == 6
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    assert not list(ckpt.glob("checkpoint-*"))
 
 
 def test_checkpoints_from_other_params_are_not_resumed(params, dataset_dir, base_dir, tmp_path):
     ckpt = tmp_path / "ckpt"
     run_train(params, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
+    assert not list(ckpt.glob("checkpoint-*"))  # a finished run leaves nothing to resume
+    (ckpt / "checkpoint-3").mkdir()  # as if a crashed run of *other* params had left one
     other = params.model_copy(
         update={"train": params.train.model_copy(update={"learning_rate": 1e-3})}
     )

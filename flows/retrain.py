@@ -1,0 +1,204 @@
+"""The retraining flow: refresh data -> each DVC stage as a Prefect task -> push -> promote.
+
+    python -m flows.retrain [--repo .] [--source synthetic] [--no-promote]
+
+DVC decides what is stale (each task runs `dvc repro --single-item <stage>` in the repo);
+Prefect adds retries, timeouts, logs, artifacts and where a step runs. The train stage runs
+in-process locally, or as its own deployment on a GPU work pool when
+RECEIPT_TRAIN_DEPLOYMENT names one (e.g. `train-stage/gpu`, see prefect.yaml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+STAGES = ("ingest", "validate", "base", "train", "evaluate", "gate", "merge", "register")
+STAGE_TIMEOUT_S = {"train": 6 * 3600, "evaluate": 2 * 3600}
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """`dvc …` in the repo; stages see the repo's tracking URI (env, else its mlflow.db)."""
+    from tasks.tracking import tracking_uri
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(repo)}
+    return subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
+
+
+@task(retries=2, retry_delay_seconds=30, timeout_seconds=3600)
+def refresh_data(repo: str, source: str | None) -> str:
+    """`make data`: snapshot the source into data/ and `dvc add` it; returns the data md5."""
+    from tasks.config import load_params
+    from tasks.data import run_data
+
+    params = load_params(Path(repo) / "params.yaml")
+    result = run_data(params.data, Path(repo) / "data", source, repo=repo)
+    get_run_logger().info(
+        "data: %s records from %s, md5 %s", result["records"], result["source"], result["md5"]
+    )
+    return result["md5"]
+
+
+def _repro(repo: str, stage: str) -> str:
+    done = dvc(Path(repo), "repro", "--single-item", stage)
+    if done.returncode != 0:
+        raise StageFailed(f"stage {stage!r} failed:\n{(done.stderr or done.stdout)[-4000:]}")
+    ran = f"Running stage '{stage}'" in done.stdout
+    get_run_logger().info("stage %s: %s", stage, "ran" if ran else "up to date, skipped by DVC")
+    return "ran" if ran else "skipped"
+
+
+@task(retries=1, retry_delay_seconds=10)
+def repro_stage(repo: str, stage: str) -> str:
+    """One DVC stage; retried once (a flaky filesystem, an OOM-killed worker)."""
+    return _repro(repo, stage)
+
+
+@flow(name="train-stage")
+def train_stage(repo: str) -> str:
+    """The train stage alone: deployed on the GPU work pool, started by the retrain flow."""
+    return _repro(repo, "train")
+
+
+@task(retries=2, retry_delay_seconds=15, timeout_seconds=1800)
+def push(repo: str) -> None:
+    done = dvc(Path(repo), "push", "--quiet")
+    if done.returncode != 0:
+        raise StageFailed(f"dvc push failed:\n{done.stderr[-2000:]}")
+
+
+@task
+def publish_summary(repo: str) -> dict[str, Any]:
+    """A markdown artifact with the metrics (before/after) and the gate decision."""
+    reports = Path(repo) / "reports"
+    metrics = (
+        json.loads((reports / "metrics.json").read_text())
+        if (reports / "metrics.json").exists()
+        else {}
+    )
+    gate = (
+        json.loads((reports / "gate.json").read_text()) if (reports / "gate.json").exists() else {}
+    )
+    lines = ["# Retrain", "", "| metric | base | fine-tuned |", "|---|---|---|"]
+    for k in ("json_valid_rate", "ted_accuracy", "field_f1", "exact_match"):
+        if k in metrics:
+            lines.append(f"| {k} | {metrics.get('base_' + k)} | {metrics[k]} |")
+    if gate:
+        lines += [
+            "",
+            f"**Gate: {'passed' if gate['passed'] else 'FAILED'}**",
+            "",
+            "| criterion | value | bound | passed |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['criterion']} | {c['value']} | {c['bound']} | {c['passed']} |"
+            for c in gate["criteria"]
+        ]
+    create_markdown_artifact(
+        "\n".join(lines), key="retrain-summary", description="metrics and gate decision"
+    )
+    return {"metrics": metrics, "gate": gate}
+
+
+@task
+def promote_task(repo: str) -> dict[str, Any]:
+    from tasks.config import load_params
+    from tasks.promote import PromotionRefused, promote
+    from tasks.tracking import setup
+
+    params = load_params(Path(repo) / "params.yaml")
+    client = setup(params.register_.experiment, repo)
+    try:
+        result = promote(client, params) | {"promoted": True}
+    except PromotionRefused as exc:
+        result = {"promoted": False, "reason": str(exc)}
+    get_run_logger().info("promotion: %s", result)
+    create_markdown_artifact(
+        f"# Promotion\n\n{'promoted' if result['promoted'] else 'refused'}: {result['reason']}",
+        key="promotion",
+    )
+    return result
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    repo: str = ".", source: str | None = None, refresh: bool = True, promote: bool = True
+) -> dict:
+    """Refresh data, run every DVC stage in order, push, register, and optionally promote."""
+    repo = str(Path(repo).resolve())
+    data_md5 = refresh_data(repo, source) if refresh else None
+    ran: dict[str, str] = {}
+    train_deployment = os.environ.get("RECEIPT_TRAIN_DEPLOYMENT")
+    for stage in STAGES:
+        try:
+            if stage == "train" and train_deployment:
+                from prefect.deployments import run_deployment
+
+                run = run_deployment(train_deployment, parameters={"repo": repo})
+                if not run.state or not run.state.is_completed():
+                    raise StageFailed(f"train deployment {train_deployment}: {run.state}")
+                ran[stage] = "remote"
+            else:
+                # a failed gate is a verdict, not a flake: no retry
+                options = {
+                    "timeout_seconds": STAGE_TIMEOUT_S.get(stage, 1800),
+                    "retries": 0 if stage == "gate" else 1,
+                }
+                ran[stage] = repro_stage.with_options(**options)(repo, stage)
+        except Exception:
+            if stage == "gate":
+                publish_summary(repo)  # the report says which criterion failed and by how much
+            raise
+    push(repo)
+    summary = publish_summary(repo)
+    registration = json.loads((Path(repo) / "reports" / "registration.json").read_text())
+    result = {
+        "data_md5": data_md5,
+        "stages": ran,
+        "registration": registration,
+        "registered_now": ran["register"] == "ran",
+        "gate": summary["gate"].get("passed"),
+    }
+    if promote:
+        result["promotion"] = promote_task(repo)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.io import quiet_telemetry
+
+    quiet_telemetry()
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--repo", default=".")
+    ap.add_argument("--source", default=None)
+    ap.add_argument("--no-refresh", action="store_true", help="keep data/ as it is")
+    ap.add_argument("--no-promote", action="store_true")
+    args = ap.parse_args(argv)
+    out = retrain(args.repo, args.source, refresh=not args.no_refresh, promote=not args.no_promote)
+    print(
+        json.dumps(
+            {k: v for k, v in out.items() if k != "registration"}
+            | {"version": out["registration"]["version"]},
+            indent=2,
+            default=str,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Gate stage: thresholds from params, and no worse than the current champion on the same test split.
+
+The champion (MLflow alias `champion`) is re-evaluated here on this run's test split, so
+the comparison is like for like. A failure writes reports/gate.json saying which
+criterion failed and by how much, then exits non-zero: `dvc repro` stops before merge
+and register. With no champion yet, only the thresholds apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Params, load_params
+from tasks.io import quiet_telemetry, write_json_atomic
+
+COMPARED = ("json_valid_rate", "ted_accuracy", "field_f1")
+
+
+class GateFailed(RuntimeError):
+    pass
+
+
+def champion_metrics(
+    params: Params, dataset_dir: str | Path, repo: str | Path
+) -> dict[str, Any] | None:
+    """The champion's metrics on this test split, or None when there is no champion."""
+    import mlflow.pyfunc
+
+    from tasks.ingest import load_dataset_dir
+    from tasks.metrics import score
+    from tasks.tracking import alias_version, setup
+
+    r = params.register_
+    client = setup(r.experiment, repo)
+    mv = alias_version(client, r.model_name, "champion")
+    if mv is None:
+        return None
+    test = load_dataset_dir(dataset_dir)["test"]
+    if params.evaluate.limit:
+        test = test.select(range(min(params.evaluate.limit, len(test))))
+    frame = []
+    for im in test["image"]:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        frame.append(buf.getvalue())
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(f"models:/{r.model_name}/{mv.version}")
+    raw = list(model.predict(pd.DataFrame({"image": frame}))["raw"])
+    metrics = score(raw, [json.loads(t) for t in test["target"]])
+    return {"version": str(mv.version), **{k: round(float(v), 4) for k, v in metrics.items()}}
+
+
+def decide(
+    metrics: dict[str, float], params: Params, champion: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Every criterion with its value, bound and margin; passed only if all pass."""
+    g = params.gate
+    criteria = []
+    for name, bound in (
+        ("json_valid_rate", g.min_json_valid_rate),
+        ("field_f1", g.min_field_f1),
+        ("ted_accuracy", g.min_ted_accuracy),
+    ):
+        value = metrics[name]
+        criteria.append(
+            {
+                "criterion": f"{name} >= {bound}",
+                "value": value,
+                "bound": bound,
+                "margin": round(value - bound, 4),
+                "passed": value >= bound,
+            }
+        )
+    if champion is not None:
+        for name in COMPARED:
+            bound = round(champion[name] - g.max_regression, 4)
+            value = metrics[name]
+            criteria.append(
+                {
+                    "criterion": f"{name} >= champion v{champion['version']} "
+                    f"({champion[name]}) - {g.max_regression}",
+                    "value": value,
+                    "bound": bound,
+                    "margin": round(value - bound, 4),
+                    "passed": value >= bound,
+                }
+            )
+    return {
+        "passed": all(c["passed"] for c in criteria),
+        "criteria": criteria,
+        "champion": champion,
+        "primary_metric": g.primary_metric,
+        "metrics": metrics,
+    }
+
+
+def run_gate(
+    params: Params,
+    metrics_path: str | Path,
+    dataset_dir: str | Path,
+    report_path: str | Path,
+    repo: str | Path = ".",
+) -> dict[str, Any]:
+    metrics = json.loads(Path(metrics_path).read_text())
+    report = decide(metrics, params, champion_metrics(params, dataset_dir, repo))
+    write_json_atomic(report_path, report)
+    if not report["passed"]:
+        failed = [
+            f"- {c['criterion']}: got {c['value']}, short by {-c['margin']}"
+            for c in report["criteria"]
+            if not c["passed"]
+        ]
+        raise GateFailed("gate failed: the model is not registered\n" + "\n".join(failed))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_telemetry()
+    ap = argparse.ArgumentParser(description="Gate the evaluated model before merge and register.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics", default="reports/metrics.json")
+    ap.add_argument("--dataset", default="artifacts/dataset")
+    ap.add_argument("--report", default="reports/gate.json")
+    args = ap.parse_args(argv)
+    try:
+        report = run_gate(load_params(args.params), args.metrics, args.dataset, args.report)
+    except GateFailed as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
+    champ = report["champion"]
+    print(
+        "gate: passed"
+        + (f" (champion v{champ['version']} re-evaluated)" if champ else " (no champion yet)")
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Promotion through the registry: move the `champion` alias, or roll it back.
+
+    python -m tasks.promote                      # promote the challenger
+    python -m tasks.promote --version 3          # promote version 3
+    python -m tasks.promote --rollback 2         # champion back to version 2
+
+A version is promoted only when it passed the gate and beats the current champion on
+`gate.primary_metric`, measured on the same test split (the gate re-evaluated the
+champion there). The reason is recorded in version tags; otherwise it refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from tasks.config import Params, load_params
+from tasks.io import quiet_telemetry
+
+
+class PromotionRefused(RuntimeError):
+    pass
+
+
+def _move_champion(client, name: str, mv, champion, reason: str) -> dict[str, Any]:
+    """Point `champion` at mv and record why (and what it replaced) in mv's tags."""
+    version, previous = str(mv.version), (str(champion.version) if champion else None)
+    client.set_registered_model_alias(name, "champion", version)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for key, value in {
+        "promotion.reason": reason,
+        "promotion.at": at,
+        "promotion.previous_champion": previous or "none",
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+    return {"name": name, "champion": version, "previous": previous, "reason": reason}
+
+
+def promote(client, params: Params, version: str | None = None) -> dict[str, Any]:
+    """Move `champion` to `version` (default: the challenger) if it passed the gate and beats the champion."""
+    from tasks.tracking import alias_version
+
+    name, metric = params.register_.model_name, params.gate.primary_metric
+    mv = (
+        client.get_model_version(name, version)
+        if version
+        else alias_version(client, name, "challenger")
+    )
+    if mv is None:
+        raise PromotionRefused(f"{name}: no challenger to promote (register a version first)")
+    tags = dict(mv.tags)
+    if tags.get("gate_passed") != "true":
+        raise PromotionRefused(
+            f"{name} v{mv.version}: did not pass the gate (gate_passed={tags.get('gate_passed')})"
+        )
+    champion = alias_version(client, name, "champion")
+    if champion is not None and str(champion.version) == str(mv.version):
+        raise PromotionRefused(f"{name} v{mv.version} is already the champion")
+    value = float(tags[f"metric.{metric}"])
+    if champion is None:
+        reason = f"first champion: passed the gate, {metric}={value}"
+    else:
+        # Like for like: the champion's score on this version's test split, from its gate.
+        if tags.get("gate.champion_version") != str(champion.version):
+            raise PromotionRefused(
+                f"{name} v{mv.version} was gated against champion v{tags.get('gate.champion_version', 'none')}, "
+                f"not the current v{champion.version}: retrain (or rerun its gate) to compare on the same split"
+            )
+        best, margin = float(tags[f"gate.champion.{metric}"]), params.gate.min_improvement
+        if value < best + margin:
+            raise PromotionRefused(
+                f"{name} v{mv.version} does not beat champion v{champion.version} on {metric}: "
+                f"{value} < {best} + min_improvement {margin} (same test split)"
+            )
+        reason = (
+            f"beats champion v{champion.version} on {metric}: {value} >= {best} + {margin} "
+            "(same test split)"
+        )
+    return _move_champion(client, name, mv, champion, reason)
+
+
+def rollback(client, params: Params, version: str) -> dict[str, Any]:
+    """Point `champion` back at a named version that passed its gate."""
+    from tasks.tracking import alias_version
+
+    name = params.register_.model_name
+    mv = client.get_model_version(name, version)
+    if dict(mv.tags).get("gate_passed") != "true":
+        raise PromotionRefused(
+            f"{name} v{version}: never passed the gate; refusing to roll back to it"
+        )
+    champion = alias_version(client, name, "champion")
+    reason = f"rollback from v{champion.version if champion else 'none'}"
+    return _move_champion(client, name, mv, champion, reason)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tasks.tracking import setup
+
+    quiet_telemetry()
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--repo", default=".")
+    ap.add_argument("--version", help="version to promote (default: the challenger)")
+    ap.add_argument("--rollback", metavar="VERSION", help="make this version the champion again")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    client = setup(params.register_.experiment, args.repo)
+    try:
+        res = (
+            rollback(client, params, args.rollback)
+            if args.rollback
+            else promote(client, params, args.version)
+        )
+    except PromotionRefused as exc:
+        print(f"promote: refused: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"promote: {res['name']} champion -> v{res['champion']} ({res['reason']})")
+
+
+if __name__ == "__main__":
+    main()

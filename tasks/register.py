@@ -1,0 +1,181 @@
+"""Register stage: log the run to MLflow and create a new version of the registered model.
+
+Logs params, metrics, the loss curve, the validation report, a sample of predictions
+and the dataset (with its DVC md5), then logs the serving pyfunc (tasks/serving.py) and
+registers it. The version is tagged with its lineage (git commit + dirty flag, data.dvc
+md5, each stage's dvc.lock hash, params digest) and its metrics, and gets the alias
+`challenger`. Writes reports/registration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks import lineage
+from tasks.config import Params, load_params
+from tasks.io import quiet_telemetry, write_json_atomic
+
+SERVING = Path(__file__).with_name("serving.py")
+# What a serving environment installs (explicit: MLflow's inference would reload the model).
+PIP_REQUIREMENTS = [
+    "torch==2.13.0",
+    "transformers==5.24.0",
+    "peft==0.21.2",
+    "tokenizers>=0.22",
+    "pillow>=10.1",
+    "pandas",
+    "mlflow==3.17.2",
+]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _flat(v, key + ".") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema(
+            [ColSpec("string", "json"), ColSpec("boolean", "valid_json"), ColSpec("string", "raw")]
+        ),
+    )
+
+
+def run_register(
+    params: Params,
+    repo: str | Path,
+    merged_dir: str | Path,
+    adapter_dir: str | Path,
+    reports: str | Path,
+    out_path: str | Path,
+) -> dict[str, Any]:
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from tasks.tracking import setup
+
+    repo, reports = Path(repo), Path(reports)
+    r = params.register_
+    client = setup(r.experiment, repo)
+    tags = lineage.collect(repo, params.digest())
+    metrics = json.loads((reports / "metrics.json").read_text())
+    gate = json.loads((reports / "gate.json").read_text())
+    train = json.loads((reports / "train.json").read_text())
+    artifact = (
+        r.artifact
+        if r.artifact != "auto"
+        else ("merged" if params.model.base == "tiny" else "adapter")
+    )
+
+    with mlflow.start_run(
+        run_name=f"retrain-{tags['git_commit'][:8]}-{tags['data_md5'][:8]}"
+    ) as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(
+            {
+                k: str(v)[:500]
+                for k, v in _flat(params.model_dump(mode="json", by_alias=True)).items()
+            }
+        )
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        mlflow.log_metrics(
+            {
+                f"train_{k}": float(train[k])
+                for k in ("train_seconds", "samples_per_second", "final_loss", "peak_rss_mb")
+                if isinstance(train.get(k), (int, float))
+            }
+        )
+        with (reports / "train_loss.csv").open() as f:
+            for row in csv.DictReader(f):
+                mlflow.log_metric("train_loss", float(row["loss"]), step=int(row["step"]))
+        for name in ("validation.json", "gate.json", "train.json", "fields.json"):
+            if (reports / name).exists():
+                mlflow.log_artifact(str(reports / name), artifact_path="reports")
+        predictions = reports / "predictions.jsonl"
+        if predictions.exists():
+            sample = "".join(predictions.read_text().splitlines(keepends=True)[:20])
+            mlflow.log_text(sample, "reports/predictions_sample.jsonl")
+        dataset = MetaDataset(
+            resolve_dataset_source((repo / "data").resolve().as_uri()),
+            name="receipts",
+            digest=tags["data_md5"][:36],
+        )
+        mlflow.log_input(
+            dataset,
+            context="training",
+            tags={"dvc_md5": tags["data_md5"], "source": params.data.source},
+        )
+        config = {"prompt": params.ingest.prompt, "max_new_tokens": params.evaluate.max_new_tokens}
+        if artifact == "merged":
+            artifacts = {"model": str(Path(merged_dir).resolve())}
+        else:
+            artifacts = {"adapter": str(Path(adapter_dir).resolve())}
+            config |= {"base": params.model.base, "revision": params.model.revision or "main"}
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(SERVING),
+            artifacts=artifacts,
+            model_config=config,
+            code_paths=[str(Path(__file__).parent)],
+            pip_requirements=PIP_REQUIREMENTS,
+            signature=_signature(),
+            registered_model_name=r.model_name,
+        )
+    version = str(info.registered_model_version)
+    version_tags = (
+        tags
+        | {f"metric.{k}": str(v) for k, v in metrics.items()}
+        | {
+            "gate_passed": str(gate["passed"]).lower(),
+            "artifact": artifact,
+            "primary_metric": params.gate.primary_metric,
+        }
+    )
+    if gate.get("champion"):
+        version_tags |= {"gate.champion_version": str(gate["champion"]["version"])} | {
+            f"gate.champion.{k}": str(v) for k, v in gate["champion"].items() if k != "version"
+        }
+    for k, v in version_tags.items():
+        client.set_model_version_tag(r.model_name, version, k, v)
+    client.set_registered_model_alias(r.model_name, "challenger", version)
+    result = {
+        "name": r.model_name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "model_uri": f"models:/{r.model_name}/{version}",
+        "tags": version_tags,
+    }
+    write_json_atomic(out_path, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_telemetry()
+    ap = argparse.ArgumentParser(description="Register the gated model in MLflow's model registry.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--repo", default=".")
+    ap.add_argument("--merged", default="artifacts/merged")
+    ap.add_argument("--adapter", default="artifacts/adapter")
+    ap.add_argument("--reports", default="reports")
+    ap.add_argument("--out", default="reports/registration.json")
+    args = ap.parse_args(argv)
+    res = run_register(
+        load_params(args.params), args.repo, args.merged, args.adapter, args.reports, args.out
+    )
+    print(f"register: {res['name']} v{res['version']} (alias challenger), run {res['run_id']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The MLflow pyfunc that serves a registered version: receipt image in, JSON out.
+
+Logged from this file (`python_model="tasks/serving.py"`): a pyfunc class defined in
+__main__ does not pickle. Input: a DataFrame with an `image` column of PNG/JPEG bytes
+(base64 strings over `mlflow models serve`'s JSON). Output: `json` (the parsed receipt as
+JSON text), `valid_json`, and `raw` (the model's text).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return base64.b64decode(value)
+
+
+class ReceiptModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from tasks.predict import ReceiptReader
+
+        cfg = context.model_config or {}
+        kwargs = {
+            "prompt": cfg.get("prompt", "Extract the receipt as JSON."),
+            "max_new_tokens": int(cfg.get("max_new_tokens", 256)),
+        }
+        if "model" in context.artifacts:  # a merged model (the tiny default)
+            self.reader = ReceiptReader(context.artifacts["model"], **kwargs)
+        else:  # an adapter + a pinned hub base (7B): merged in memory at load time
+            self.reader = ReceiptReader(
+                context.artifacts["adapter"],
+                base=cfg["base"],
+                revision=cfg.get("revision"),
+                **kwargs,
+            )
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        import json
+
+        from tasks.predict import open_image
+
+        images = [
+            open_image(_bytes(v), name=f"row {i}") for i, v in enumerate(model_input["image"])
+        ]
+        rows = self.reader.read(images)
+        return pd.DataFrame(
+            {
+                "json": [json.dumps(r["json"], ensure_ascii=False) for r in rows],
+                "valid_json": [r["valid_json"] for r in rows],
+                "raw": [r["raw"] for r in rows],
+            }
+        )
+
+
+mlflow.models.set_model(ReceiptModel())

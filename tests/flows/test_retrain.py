@@ -1,0 +1,142 @@
+"""The Prefect retrain flow end to end on the tiny default, on Prefect's local test server,
+with a real MLflow SQLite registry and a local DVC remote."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import make_project, small_params, write_params
+
+pytestmark = pytest.mark.slow
+NAME = "receipt-llava"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ["PATH"] = (
+        f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # dvc, python of the venv
+    )
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def project_params(**over):
+    # Enough steps for the tiny-tiny model to score above the base (ted ~0.2 vs 0.0 in ~10 s).
+    p = small_params(
+        train={"max_steps": 150, "save_steps": 1000},
+        gate={"min_ted_accuracy": 0.05, "max_regression": 1.0},
+    )
+    for section, update in over.items():
+        setattr(p, section, getattr(p, section).model_copy(update=update))
+    return p
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("flowproject"), project_params())
+
+
+@pytest.fixture(scope="module")
+def client(project):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def versions(client):
+    return sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
+
+
+def test_first_run_registers_with_lineage_and_promotes(project, client):
+    from flows.retrain import retrain
+    from tasks import lineage
+
+    out = retrain(repo=str(project))
+    assert out["registered_now"] and out["registration"]["version"] == "1"
+    assert out["promotion"]["promoted"] and out["promotion"]["champion"] == "1"
+    mv = client.get_model_version_by_alias(NAME, "champion")
+    tags = mv.tags
+    commit, _ = lineage.git_state(project)
+    assert tags["git_commit"] == commit and tags["git_dirty"] == "false"
+    assert tags["data_md5"] == yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
+    assert tags["params_digest"] == project_params().digest()
+    lock_hashes = lineage.stage_hashes(project)
+    for stage in ("ingest", "validate", "base", "train", "evaluate", "gate", "merge"):
+        assert tags[f"dvc_stage.{stage}"] == lock_hashes[stage]
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert (
+        float(tags["metric.ted_accuracy"]) == metrics["ted_accuracy"] > metrics["base_ted_accuracy"]
+    )
+    assert tags["gate_passed"] == "true" and "first champion" in tags["promotion.reason"]
+    run = client.get_run(mv.run_id)
+    assert run.inputs.dataset_inputs[0].tags[0].value in (tags["data_md5"], "training")
+    assert "train_loss" in run.data.metrics and "reports" in {
+        a.path for a in client.list_artifacts(mv.run_id)
+    }
+
+
+def test_unchanged_inputs_register_nothing_new(project, client):
+    from flows.retrain import retrain
+
+    out = retrain(repo=str(project))
+    assert not out["registered_now"] and set(out["stages"].values()) == {"skipped"}
+    assert versions(client) == [1]
+    assert not out["promotion"]["promoted"] and "already the champion" in out["promotion"]["reason"]
+
+
+def test_new_data_gets_its_own_version_and_each_version_restores_its_data(project, client):
+    from flows.retrain import retrain
+    from tasks import lineage
+
+    write_params(
+        project,
+        project_params(
+            data={"synthetic": {**project_params().data.synthetic.model_dump(), "seed": 1}}
+        ),
+    )
+    out = retrain(repo=str(project), promote=False)
+    assert out["registered_now"] and versions(client) == [1, 2]
+    v1, v2 = (client.get_model_version(NAME, v).tags["data_md5"] for v in ("1", "2"))
+    assert v1 != v2 and out["data_md5"] == v2
+    assert lineage.restore(project, v1) == v1  # dvc checkout from the cache, hash recomputed
+    assert lineage.restore(project, v2) == v2
+    info = lineage.show(client, NAME, version="1")
+    assert info["data_md5"] == v1 and info["metrics"]["ted_accuracy"] > 0
+
+
+def test_injected_worse_model_is_stopped_by_the_gate_and_nothing_is_promoted(project, client):
+    from flows.retrain import StageFailed, retrain
+    from tasks.config import load_params
+    from tasks.promote import PromotionRefused, promote, rollback
+
+    champion = client.get_model_version_by_alias(NAME, "champion").version
+    # A learning rate that leaves the adapter at its init: the base model, registered as a "new" model.
+    write_params(
+        project,
+        project_params(
+            train={"max_steps": 150, "save_steps": 1000, "learning_rate": 1e-12},
+            gate={"min_ted_accuracy": 0.0, "max_regression": 0.05},
+        ),
+    )
+    with pytest.raises(StageFailed, match="gate failed"):
+        retrain(repo=str(project), refresh=False)
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    failed = [c for c in gate["criteria"] if not c["passed"]]
+    assert not gate["passed"] and any("champion v" in c["criterion"] for c in failed)
+    assert all(c["margin"] < 0 for c in failed)
+    assert versions(client) == [1, 2]
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion
+
+    params = load_params(project / "params.yaml")
+    client.set_model_version_tag(NAME, "2", "gate_passed", "false")
+    with pytest.raises(PromotionRefused, match="did not pass the gate"):
+        promote(client, params, "2")
+    client.set_model_version_tag(NAME, "2", "gate_passed", "true")
+    assert rollback(client, params, "1")["champion"] == "1"
+    assert client.get_model_version(NAME, "1").tags["promotion.reason"].startswith("rollback")
