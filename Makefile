@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run data repro promote retrain test test-fast lint clean
+.PHONY: help setup run data repro promote retrain bench test test-fast lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick
 retrain: setup ## the Prefect retrain flow: refresh data, every stage, push, register, promote
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.retrain $(if $(SOURCE),--source '$(SOURCE)')
 
+bench: setup ## CPU benchmark of the pipeline; rewrites its section of docs/benchmarks.md
+	$(PY) -m bench.cpu
+
 test: setup ## all tests, end-to-end ones included (what CI runs)
 	$(PY) -m pytest -q
 
@@ -57,9 +60,9 @@ test-fast: setup ## tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check tasks flows tests
-	$(VENV)/bin/ruff format --check tasks flows tests
-	$(VENV)/bin/mypy tasks flows
+	$(VENV)/bin/ruff check tasks flows tests bench
+	$(VENV)/bin/ruff format --check tasks flows tests bench
+	$(VENV)/bin/mypy tasks flows bench
 
 clean: ## remove pipeline outputs (keeps data/ and .venv)
 	rm -rf artifacts reports/data_docs reports/*.json reports/*.jsonl reports/*.csv

@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -144,19 +144,20 @@ def retrain(
     for stage in STAGES:
         try:
             if stage == "train" and train_deployment:
+                from prefect.client.schemas.objects import FlowRun
                 from prefect.deployments import run_deployment
 
-                run = run_deployment(train_deployment, parameters={"repo": repo})
+                run = cast(FlowRun, run_deployment(train_deployment, parameters={"repo": repo}))
                 if not run.state or not run.state.is_completed():
                     raise StageFailed(f"train deployment {train_deployment}: {run.state}")
                 ran[stage] = "remote"
             else:
                 # a failed gate is a verdict, not a flake: no retry
-                options = {
-                    "timeout_seconds": STAGE_TIMEOUT_S.get(stage, 1800),
-                    "retries": 0 if stage == "gate" else 1,
-                }
-                ran[stage] = repro_stage.with_options(**options)(repo, stage)
+                run_stage = repro_stage.with_options(
+                    timeout_seconds=STAGE_TIMEOUT_S.get(stage, 1800),
+                    retries=0 if stage == "gate" else 1,
+                )
+                ran[stage] = run_stage(repo, stage)
         except Exception:
             if stage == "gate":
                 publish_summary(repo)  # the report says which criterion failed and by how much

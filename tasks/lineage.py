@@ -110,7 +110,7 @@ def hash_dir(repo: Path, path: Path) -> str:
 
     with Repo(str(repo)) as dvc_repo:
         _, _, obj = build(dvc_repo.cache.local, str(path.resolve()), dvc_repo.fs, "md5")
-    return obj.hash_info.value
+    return str(obj.hash_info.value)
 
 
 def restore(repo: str | Path, md5: str, dvc_file: str = "data.dvc") -> str:

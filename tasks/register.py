@@ -107,7 +107,7 @@ def run_register(
         if predictions.exists():
             sample = "".join(predictions.read_text().splitlines(keepends=True)[:20])
             mlflow.log_text(sample, "reports/predictions_sample.jsonl")
-        dataset = MetaDataset(
+        dataset = MetaDataset(  # type: ignore[abstract]
             resolve_dataset_source((repo / "data").resolve().as_uri()),
             name="receipts",
             digest=tags["data_md5"][:36],

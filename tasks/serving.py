@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import mlflow.pyfunc
+import mlflow.models
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 
 def _bytes(value: Any) -> bytes:
@@ -21,7 +22,7 @@ def _bytes(value: Any) -> bytes:
     return base64.b64decode(value)
 
 
-class ReceiptModel(mlflow.pyfunc.PythonModel):
+class ReceiptModel(PythonModel):
     def load_context(self, context) -> None:
         from tasks.predict import ReceiptReader
 
