@@ -78,7 +78,6 @@ def make_project(root: Path) -> Path:
 
 def in_process_figures(project: Path) -> dict[str, object]:
     """Eval throughput (batched vs one by one) and train time at three dataset sizes."""
-    os.chdir(project)
     from tasks.config import load_params
     from tasks.evaluate import generate, load_for_inference
     from tasks.ingest import load_dataset_dir
