@@ -256,35 +256,22 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 else:
                     model.gradient_checkpointing_disable()
+                row: dict[str, Any] = {
+                    "quant": quant,
+                    "attn": attn,
+                    "ckpt": ckpt,
+                    "batch": batch,
+                    "padding": "fixed" if fixed_len else "longest",
+                }
                 try:
                     m = measure(model, collator, recs, batch, args.steps, fixed_len, device)
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    rows.append(
-                        {
-                            "quant": quant,
-                            "attn": attn,
-                            "ckpt": ckpt,
-                            "batch": batch,
-                            "padding": "fixed" if fixed_len else "longest",
-                            "error": "OOM",
-                        }
-                    )
+                    rows.append(row | {"error": "OOM"})
                     continue
                 flops = step_flops(model, m["tokens_s"] * m["step_s"], m["seq"], batch, ckpt)
-                rows.append(
-                    {
-                        "quant": quant,
-                        "attn": attn,
-                        "ckpt": ckpt,
-                        "batch": batch,
-                        "padding": "fixed" if fixed_len else "longest",
-                        **m,
-                        "mfu": flops / m["step_s"] / 1e12 / ceiling
-                        if ceiling == ceiling
-                        else float("nan"),
-                    }
-                )
+                mfu = flops / m["step_s"] / 1e12 / ceiling if ceiling == ceiling else float("nan")
+                rows.append(row | m | {"mfu": mfu})
                 print(json.dumps(rows[-1]), flush=True)
             del model
             if device == "cuda":

@@ -79,10 +79,14 @@ def _suites(p: ValidateParams):
     def why(reason_column: str, rule: str) -> dict[str, str]:
         return {"reason_column": reason_column, "rule": rule}
 
+    def must_hold(flag_column: str, reason_column: str, rule: str):
+        """A per-record boolean check: every row's flag is True."""
+        return gxe.ExpectColumnValuesToBeInSet(
+            column=flag_column, value_set=[True], meta=why(reason_column, rule)
+        )
+
     records = [
-        gxe.ExpectColumnValuesToBeInSet(
-            column="image_decodes", value_set=[True], meta=why("image_error", "the image decodes")
-        ),
+        must_hold("image_decodes", "image_error", "the image decodes"),
         gxe.ExpectColumnValuesToBeBetween(
             column="width",
             min_value=p.min_width,
@@ -95,26 +99,10 @@ def _suites(p: ValidateParams):
             max_value=p.max_height,
             meta=why("height", "image height in range"),
         ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="gt_is_json",
-            value_set=[True],
-            meta=why("gt_error", "ground truth parses as JSON"),
-        ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="has_gt_parse",
-            value_set=[True],
-            meta=why("gt_error", "ground truth has gt_parse"),
-        ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="schema_ok",
-            value_set=[True],
-            meta=why("schema_error", "gt_parse keys within CORD's schema"),
-        ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="prices_ok",
-            value_set=[True],
-            meta=why("price_error", "price fields parse as non-negative numbers"),
-        ),
+        must_hold("gt_is_json", "gt_error", "ground truth parses as JSON"),
+        must_hold("has_gt_parse", "gt_error", "ground truth has gt_parse"),
+        must_hold("schema_ok", "schema_error", "gt_parse keys within CORD's schema"),
+        must_hold("prices_ok", "price_error", "price fields parse as non-negative numbers"),
         gxe.ExpectColumnValueLengthsToBeBetween(
             column="target", min_value=3, meta=why("gt_error", "target is not empty")
         ),
