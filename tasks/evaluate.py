@@ -19,7 +19,14 @@ import torch
 from tasks.config import Params, load_params
 from tasks.io import quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.metrics import per_field, score
-from tasks.modeling import load_model, load_processor, pick_attn, prompt_text, resolve_base
+from tasks.modeling import (
+    inference_dtype,
+    load_model,
+    load_processor,
+    pick_attn,
+    prompt_text,
+    resolve_base,
+)
 from tasks.receipt_json import parse_target
 
 
@@ -53,13 +60,11 @@ def load_for_inference(params: Params, base_dir: str | Path, adapter_dir: str | 
     """Base in full (or the compute) precision, with the adapter on top when given."""
     from peft import PeftModel
 
-    base = resolve_base(params.model, base_dir)
-    revision = None if params.model.base == "tiny" else params.model.revision
-    dtype = "float32" if not torch.cuda.is_available() else params.train.compute_dtype
+    base, revision = resolve_base(params.model, base_dir)
     model = load_model(
         base,
         quantization="none",
-        compute_dtype=dtype,
+        compute_dtype=inference_dtype(params.train.compute_dtype),
         attn=pick_attn(params.train.attn_implementation),
         revision=revision,
     )

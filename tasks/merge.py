@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from tasks.config import Params, load_params
 from tasks.io import atomic_dir, quiet_telemetry
-from tasks.modeling import load_model, load_processor, resolve_base
+from tasks.modeling import inference_dtype, load_model, load_processor, resolve_base
 
 
 def run_merge(
@@ -21,13 +19,11 @@ def run_merge(
 ) -> Path:
     from peft import PeftModel
 
-    base = resolve_base(params.model, base_dir)
-    revision = None if params.model.base == "tiny" else params.model.revision
-    dtype = params.train.compute_dtype if torch.cuda.is_available() else "float32"
+    base, revision = resolve_base(params.model, base_dir)
     model = load_model(
         base,
         quantization="none",
-        compute_dtype=dtype,
+        compute_dtype=inference_dtype(params.train.compute_dtype),
         attn="sdpa",
         revision=revision,
         device_map="cpu",

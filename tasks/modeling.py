@@ -125,9 +125,20 @@ def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) ->
     processor.save_pretrained(out_dir)
 
 
-def resolve_base(m: ModelParams, tiny_dir: str | Path) -> str:
-    """Where the base weights load from: the built tiny model's directory, or the hub id/path."""
-    return str(tiny_dir) if m.base == "tiny" else m.base
+def resolve_base(m: ModelParams, tiny_dir: str | Path) -> tuple[str, str | None]:
+    """(where the base weights load from, revision): the built tiny model's directory,
+    or the hub id/path at its pinned revision."""
+    return (str(tiny_dir), None) if m.base == "tiny" else (m.base, m.revision)
+
+
+def base_ref(m: ModelParams) -> str:
+    """The base as recorded next to artifacts built from it: 'name@revision'."""
+    return f"{m.base}@{m.revision or 'main'}\n"
+
+
+def inference_dtype(compute_dtype: str) -> str:
+    """Full precision on CPU; the training compute dtype on a GPU."""
+    return compute_dtype if torch.cuda.is_available() else "float32"
 
 
 def pick_attn(requested: str) -> str:

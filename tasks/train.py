@@ -24,6 +24,7 @@ from tasks.config import Params, load_params
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.modeling import (
     IMAGE_TOKEN,
+    base_ref,
     build_tiny,
     image_token_count,
     load_model,
@@ -124,10 +125,8 @@ def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path)
             texts = list(train["target"]) + [params.ingest.prompt, "USER: ASSISTANT:"]
             build_tiny(params.model.tiny, texts, tmp)
         else:
-            write_text_atomic(
-                tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n"
-            )
-    return resolve_base(params.model, out_dir)
+            write_text_atomic(tmp / "BASE", base_ref(params.model))
+    return resolve_base(params.model, out_dir)[0]
 
 
 def base_fingerprint(base: str) -> str:
@@ -178,8 +177,7 @@ def run_train(
     from tasks.ingest import load_dataset_dir
 
     t = params.train
-    base = resolve_base(params.model, base_dir)
-    revision = None if params.model.base == "tiny" else params.model.revision
+    base, revision = resolve_base(params.model, base_dir)
     processor = load_processor(base, revision)
     dd = load_dataset_dir(dataset_dir)
     train = dd["train"]
@@ -247,7 +245,7 @@ def run_train(
     with atomic_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        write_text_atomic(tmp / "BASE", f"{params.model.base}@{params.model.revision or 'main'}\n")
+        write_text_atomic(tmp / "BASE", base_ref(params.model))
     curve = [
         {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
     ]
