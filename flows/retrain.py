@@ -59,6 +59,21 @@ def _repro(repo: str, stage: str) -> str:
     return "ran" if ran else "skipped"
 
 
+@task
+def stale_stages(repo: str) -> set[str] | None:
+    """The stages `dvc status` reports changed (one DVC start-up instead of one per stage);
+    None when it cannot tell, and then every stage goes through `dvc repro`."""
+    done = dvc(Path(repo), "status", "--json")
+    try:
+        report = json.loads(done.stdout or "{}") if done.returncode == 0 else None
+    except json.JSONDecodeError:
+        report = None
+    if report is None:
+        get_run_logger().warning("dvc status failed; every stage asks dvc repro itself")
+        return None
+    return {name.rsplit(":", 1)[-1] for name in report}
+
+
 @task(retries=1, retry_delay_seconds=10)
 def repro_stage(repo: str, stage: str) -> str:
     """One DVC stage; retried once (a flaky filesystem, an OOM-killed worker)."""
@@ -141,7 +156,12 @@ def retrain(
     data_md5 = refresh_data(repo, source) if refresh else None
     ran: dict[str, str] = {}
     train_deployment = os.environ.get("RECEIPT_TRAIN_DEPLOYMENT")
+    stale = stale_stages(repo)
     for stage in STAGES:
+        # Fresh in `dvc status` and nothing upstream re-ran in this flow: no `dvc repro` needed.
+        if stale is not None and stage not in stale and not {"ran", "remote"} & set(ran.values()):
+            ran[stage] = "fresh"
+            continue
         try:
             if stage == "train" and train_deployment:
                 from prefect.client.schemas.objects import FlowRun

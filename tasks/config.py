@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,6 +98,9 @@ class TrainParams(_Section):
     save_total_limit: int = 2
     logging_steps: int = 5
     seed: int = 0
+    # Data-parallel processes for the train stage (DDP through torchrun): "auto" = one per
+    # visible GPU (1 on CPU). RECEIPT_NUM_PROCESSES overrides it. batch_size is per process.
+    num_processes: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
 
 
 class EvaluateParams(_Section):

@@ -19,20 +19,22 @@ def tracking_uri(repo: str | Path = ".") -> str:
 def setup(experiment: str, repo: str | Path = "."):
     """Point MLflow at the store and make sure the experiment exists with an explicit artifact root.
 
-    Without `artifact_location`, artifacts land in ./mlruns of whatever the cwd is.
-    Returns an MlflowClient.
+    A local store gets `<repo>/mlartifacts` (without it, artifacts land in ./mlruns of whatever
+    the cwd is); a tracking server keeps its own (its artifact proxy, `mlflow-artifacts:/`).
+    RECEIPT_ARTIFACT_ROOT overrides both. Returns an MlflowClient.
     """
     import mlflow
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(tracking_uri(repo))
+    uri = tracking_uri(repo)
+    mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
-        root = (
-            os.environ.get("RECEIPT_ARTIFACT_ROOT")
-            or (Path(repo).resolve() / "mlartifacts").as_uri()
-        )
-        mlflow.create_experiment(experiment, artifact_location=f"{root.rstrip('/')}/{experiment}")
+        root = os.environ.get("RECEIPT_ARTIFACT_ROOT")
+        if not root and not uri.startswith(("http://", "https://")):
+            root = (Path(repo).resolve() / "mlartifacts").as_uri()
+        location = f"{root.rstrip('/')}/{experiment}" if root else None
+        mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return MlflowClient()
 

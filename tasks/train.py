@@ -3,6 +3,10 @@
 Checkpoints every `save_steps`; a rerun after a crash resumes from the last one
 (checkpoints from different params are discarded, never resumed). Writes the
 adapter + processor and a training summary (steps, loss curve, samples/s, peak memory).
+
+With more than one process (`train.num_processes`, or RECEIPT_NUM_PROCESSES; "auto" = one
+per visible GPU) the CLI relaunches itself under torchrun and the Trainer runs DDP (NCCL on
+GPUs, gloo on CPU); rank 0 alone writes the adapter, the summary and the loss curve.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tasks.config import Params, load_params
+from tasks.config import Params, TrainParams, load_params
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.modeling import (
     IMAGE_TOKEN,
@@ -114,6 +120,29 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
+def num_processes(t: TrainParams) -> int:
+    """How many data-parallel train processes: RECEIPT_NUM_PROCESSES, else the param ("auto" = GPUs)."""
+    raw: int | str = os.environ.get("RECEIPT_NUM_PROCESSES") or t.num_processes
+    if raw == "auto":
+        return max(1, torch.cuda.device_count())
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"RECEIPT_NUM_PROCESSES / train.num_processes: {raw!r} is not a count >= 1"
+        )
+    return n
+
+
+def torchrun(n: int, argv: list[str]) -> int:
+    """Run this CLI again under torchrun with n processes on this machine; its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+    log.info("train: %d processes (DDP) under torchrun", n)
+    return subprocess.call([*cmd, "-m", "tasks.train", *argv])
+
+
 def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> str:
     """The base stage: build the tiny model (tokenizer trained on train targets) or note the hub id."""
     from tasks.ingest import load_dataset_dir
@@ -183,12 +212,16 @@ def run_train(
     train = dd["train"]
     max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]))
     attn = pick_attn(t.attn_implementation)
+    on_gpu = torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     model = load_model(
         base,
         quantization=t.quantization,
         compute_dtype=t.compute_dtype,
         attn=attn,
         revision=revision,
+        device_map={"": local_rank} if on_gpu else None,  # DDP: each rank its own whole copy
     )
     if t.quantization == "nf4":
         model = prepare_model_for_kbit_training(
@@ -203,10 +236,8 @@ def run_train(
     trainable, total = model.get_nb_trainable_parameters()
 
     run_digest = f"{params.digest()}-{train._fingerprint}-{base_fingerprint(base)}"
-    ckpt = _checkpoint_dir(Path(ckpt_dir), run_digest)
-    on_gpu = torch.cuda.is_available()
     args = TrainingArguments(
-        output_dir=str(ckpt),
+        output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_train_epochs=t.epochs,
@@ -228,7 +259,14 @@ def run_train(
         disable_tqdm=True,
         bf16=on_gpu and t.compute_dtype == "bfloat16",
         fp16=on_gpu and t.compute_dtype == "float16",
+        ddp_backend=None if on_gpu or world == 1 else "gloo",
+        # frozen 4-bit base + checkpointing: every trainable param gets a grad each step
+        ddp_find_unused_parameters=False if world > 1 else None,
     )
+    with args.main_process_first(local=False, desc="checkpoint dir"):
+        if args.process_index == 0:
+            _checkpoint_dir(Path(ckpt_dir), run_digest)
+    ckpt = Path(ckpt_dir)
     collator = ReceiptCollator(processor, params.ingest.prompt, max_length)
     for record in train:  # fail before training, naming the record, if any target is too long
         collator.encode(record)
@@ -241,11 +279,6 @@ def run_train(
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
-
-    with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        write_text_atomic(tmp / "BASE", base_ref(params.model))
     curve = [
         {"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h
     ]
@@ -255,11 +288,13 @@ def run_train(
         "attn_implementation": attn,
         "compute_dtype": t.compute_dtype,
         "device": "cuda" if on_gpu else "cpu",
+        "processes": world,
         "trainable_params": trainable,
         "total_params": total,
         "max_length": max_length,
         "train_records": len(train),
         "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
         "resumed_from": resume,
         "train_seconds": round(seconds, 2),
         "train_loss": result.training_loss,
@@ -267,6 +302,13 @@ def run_train(
         "final_loss": curve[-1]["loss"] if curve else None,
         **peak_memory_mb(),
     }
+    if not trainer.is_world_process_zero():  # DDP: rank 0 writes the one copy of everything
+        return summary | {"loss_curve": curve}
+
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        write_text_atomic(tmp / "BASE", base_ref(params.model))
     write_json_atomic(summary_path, summary)
     if loss_csv:  # the loss curve, as a DVC plot
         write_text_atomic(
@@ -296,6 +338,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.build_base:
         print("base:", run_build_base(params, args.dataset, args.base))
         return
+    n = num_processes(params.train)
+    if n > 1 and "LOCAL_RANK" not in os.environ:
+        sys.exit(torchrun(n, sys.argv[1:] if argv is None else argv))
     try:
         s = run_train(
             params,
@@ -309,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     except TargetTooLong as exc:
         print(f"train: {exc}", file=sys.stderr)
         sys.exit(1)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     print(
         f"train: {s['steps']} steps in {s['train_seconds']} s, final loss {s['final_loss']}, "
         f"{s['samples_per_second']} samples/s -> {args.adapter}"

@@ -85,7 +85,7 @@ def test_unchanged_inputs_register_nothing_new(project, client):
     from flows.retrain import retrain
 
     out = retrain(repo=str(project))
-    assert not out["registered_now"] and set(out["stages"].values()) == {"skipped"}
+    assert not out["registered_now"] and set(out["stages"].values()) == {"fresh"}
     assert versions(client) == [1]
     assert not out["promotion"]["promoted"] and "already the champion" in out["promotion"]["reason"]
 
@@ -102,6 +102,7 @@ def test_new_data_gets_its_own_version_and_each_version_restores_its_data(projec
     )
     out = retrain(repo=str(project), promote=False)
     assert out["registered_now"] and versions(client) == [1, 2]
+    assert set(out["stages"].values()) == {"ran"}  # new data: every stage reruns
     v1, v2 = (client.get_model_version(NAME, v).tags["data_md5"] for v in ("1", "2"))
     assert v1 != v2 and out["data_md5"] == v2
     assert lineage.restore(project, v1) == v1  # dvc checkout from the cache, hash recomputed

@@ -1,0 +1,262 @@
+"""The shared services of docker/compose.yaml, started natively on loopback (no Docker).
+
+    python -m flows.servers --home .services     # Prefect + MLflow (+ PostgreSQL) until Ctrl-C
+
+Used by the integration test (tests/integration/test_servers.py) and the CPU benchmark, and
+handy on a laptop: it prints the PREFECT_API_URL and MLFLOW_TRACKING_URI to export. Each
+server runs as a child process on a free port picked at start, is health-checked with a
+bounded timeout, and is stopped (terminate, then kill) when its context exits.
+
+- `prefect_server`: `prefect server start` with its own PREFECT_HOME (SQLite).
+- `postgres`: a throwaway PostgreSQL cluster (initdb + pg_ctl from Debian's packages); when
+  run as root the cluster belongs to the `postgres` user, as PostgreSQL refuses root.
+- `mlflow_server`: `mlflow server` on a backend store (PostgreSQL or SQLite) with its
+  artifact proxy (`--serve-artifacts`): clients log to `mlflow-artifacts:/`, the server
+  writes to `--artifacts-destination` (a directory here, S3/MinIO in compose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+QUIET = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+class ServiceFailed(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bin_path(name: str) -> str:
+    """A console script of this environment (the venv's `prefect`, `mlflow`), else PATH's."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise ServiceFailed(f"{name}: not installed")
+    return found
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+    """Poll url until it answers 200; fail early if the process dies, or after timeout s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceFailed(f"{url}: server exited {proc.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise ServiceFailed(f"{url}: no answer within {timeout:.0f} s:\n{tail(log)}")
+
+
+def tail(log: Path, n: int = 3000) -> str:
+    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+
+def stop(proc: subprocess.Popen, grace: float = 15) -> None:
+    """SIGTERM the process group (servers fork workers), SIGKILL after grace seconds."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(grace)
+
+
+@contextlib.contextmanager
+def spawn(
+    cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
+) -> Iterator[subprocess.Popen]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, port: int | None = None, timeout: float = 120) -> Iterator[str]:
+    """`prefect server start` on loopback with its own PREFECT_HOME; yields PREFECT_API_URL."""
+    port = port or free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **QUIET, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with spawn([*cmd, "--no-ui"], home / "server.log", env) as proc:
+        api = f"http://127.0.0.1:{port}/api"
+        wait_http(f"{api}/health", proc, timeout, home / "server.log")
+        yield api
+
+
+def pg_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    debian = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(debian[-1]) if debian else None
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    cmd = [pg_bin(cmd[0]) or cmd[0], *cmd[1:]]
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def postgres_available() -> bool:
+    """initdb, pg_ctl and createdb installed, and a non-root user to run them as."""
+    if not all(pg_bin(n) for n in ("initdb", "pg_ctl", "createdb")):
+        return False
+    if os.geteuid() != 0:
+        return True
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return False
+    return shutil.which("runuser") is not None
+
+
+@contextlib.contextmanager
+def postgres(port: int | None = None, timeout: float = 60) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on loopback; yields a SQLAlchemy URL to database `mlflow`."""
+    port = port or free_port()
+    # Outside any 0700 pytest dir: the cluster's owner must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="receipt-pg-"))
+    os.chmod(root, 0o755)
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    env = {**os.environ, "LC_ALL": "C"}
+    try:
+        subprocess.run(
+            _as_postgres(["initdb", "-D", str(data), "-A", "trust", "-U", "mlflow", "-E", "UTF8"]),
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+        )
+        opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            _as_postgres(
+                ["pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "pg.log"), "-w"]
+                + ["-t", str(int(timeout)), "start"]
+            ),
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=timeout + 10,
+        )
+        try:
+            subprocess.run(
+                _as_postgres(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow"])
+                + ["mlflow"],
+                check=True,
+                capture_output=True,
+                env=env,
+                timeout=timeout,
+            )
+            yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        finally:
+            subprocess.run(
+                _as_postgres(["pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"]),
+                capture_output=True,
+                env=env,
+                timeout=timeout,
+            )
+    except subprocess.CalledProcessError as exc:
+        raise ServiceFailed(
+            f"postgres: {' '.join(exc.cmd)} failed:\n{exc.stderr.decode()[-2000:]}"
+        ) from exc
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    backend_uri: str, artifacts: Path, log: Path, port: int | None = None, timeout: float = 120
+) -> Iterator[str]:
+    """`mlflow server` with its artifact proxy; yields the tracking URI (http://127.0.0.1:port)."""
+    port = port or free_port()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    cmd = [bin_path("mlflow"), "server", "--backend-store-uri", backend_uri]
+    cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, **QUIET}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with spawn(cmd, log, env) as proc:
+        uri = f"http://127.0.0.1:{port}"
+        wait_http(f"{uri}/health", proc, timeout, log)
+        yield uri
+
+
+@contextlib.contextmanager
+def stack(home: Path, use_postgres: bool | None = None) -> Iterator[dict[str, str]]:
+    """Prefect server + MLflow server (PostgreSQL-backed when available, else SQLite)."""
+    use_postgres = postgres_available() if use_postgres is None else use_postgres
+    with contextlib.ExitStack() as es:
+        if use_postgres:
+            backend = es.enter_context(postgres())
+        else:
+            backend = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+        api = es.enter_context(prefect_server(home / "prefect"))
+        tracking = es.enter_context(
+            mlflow_server(backend, home / "mlartifacts", home / "mlflow.log")
+        )
+        yield {
+            "PREFECT_API_URL": api,
+            "MLFLOW_TRACKING_URI": tracking,
+            "backend": backend.split(":", 1)[0],
+            "artifacts": str(home / "mlartifacts"),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--home", default=".services", help="server state and logs")
+    ap.add_argument("--sqlite", action="store_true", help="MLflow on SQLite, not PostgreSQL")
+    args = ap.parse_args(argv)
+    with stack(Path(args.home).resolve(), use_postgres=False if args.sqlite else None) as env:
+        print(f"# MLflow on {env['backend']}, artifacts in {env['artifacts']}; Ctrl-C stops all")
+        for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
+            print(f"export {k}={env[k]}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()

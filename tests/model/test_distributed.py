@@ -1,0 +1,61 @@
+"""The train stage's data-parallel path: 2 processes under torchrun, DDP over gloo, on CPU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tasks.config import TrainParams
+from tasks.train import num_processes
+from tests.conftest import git_env, write_params
+
+
+def test_process_count_comes_from_env_then_params(monkeypatch):
+    monkeypatch.delenv("RECEIPT_NUM_PROCESSES", raising=False)
+    assert num_processes(TrainParams(num_processes=3)) == 3
+    assert num_processes(TrainParams()) == 1  # "auto" on a machine without GPUs
+    monkeypatch.setenv("RECEIPT_NUM_PROCESSES", "2")
+    assert num_processes(TrainParams(num_processes=3)) == 2
+    monkeypatch.setenv("RECEIPT_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="RECEIPT_NUM_PROCESSES.*'two'"):
+        num_processes(TrainParams())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_shards_the_data(params, dataset_dir, base_dir, tmp_path):
+    """`python -m tasks.train` (the DVC stage's command) relaunches itself under torchrun;
+    each rank sees half of every global batch, and rank 0 alone writes the outputs."""
+    from safetensors.torch import load_file
+
+    p = params.model_copy(deep=True)
+    p.train = p.train.model_copy(update={"max_steps": 4, "save_steps": 2, "batch_size": 4})
+    write_params(tmp_path, p)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.train", "--params", str(tmp_path / "params.yaml")]
+        + ["--dataset", str(dataset_dir), "--base", str(base_dir)]
+        + ["--adapter", str(out / "adapter"), "--checkpoints", str(out / "ckpt")]
+        + ["--summary", str(out / "train.json"), "--loss-csv", str(out / "loss.csv")],
+        env=git_env() | {"RECEIPT_NUM_PROCESSES": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 processes (DDP) under torchrun" in done.stderr
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 4
+    # 12 train records, 4 per rank: 8 per global step -> 2 steps an epoch (one process: 3).
+    n_train = summary["train_records"]
+    assert n_train == 12
+    assert summary["epochs"] == pytest.approx(2.0)
+    # One adapter, written once (rank 0), and it trained.
+    lora_b = [
+        v
+        for k, v in load_file(out / "adapter" / "adapter_model.safetensors").items()
+        if "lora_B" in k
+    ]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert sorted(x.name for x in out.iterdir()) == ["adapter", "ckpt", "loss.csv", "train.json"]
+    assert done.stdout.count("train: 4 steps") == 1  # rank 0 reports; rank 1 stays quiet
