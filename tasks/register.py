@@ -93,7 +93,13 @@ def run_register(
         mlflow.log_metrics(
             {
                 f"train_{k}": float(train[k])
-                for k in ("train_seconds", "samples_per_second", "final_loss", "peak_rss_mb")
+                for k in (
+                    "train_seconds",
+                    "samples_per_second",
+                    "final_loss",
+                    "peak_rss_mb",
+                    "processes",
+                )
                 if isinstance(train.get(k), (int, float))
             }
         )

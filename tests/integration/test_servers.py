@@ -97,15 +97,19 @@ def deployed_run(services, project):
         run = run_deployment("retrain/weekly", timeout=1200, poll_interval=3)
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs()
-            deployments = {d.id: d.name for d in client.read_deployments()}
+            deployments = {d.id: d for d in client.read_deployments()}
     worker_logs = "".join(p.read_text(errors="replace")[-4000:] for p in logs.glob("*.log"))
     assert run.state and run.state.is_completed(), f"{run.state}\n{worker_logs}"
     return {"run": run, "runs": runs, "deployments": deployments}
 
 
 def test_retrain_runs_as_a_deployment_and_hands_train_to_the_gpu_pool(deployed_run):
-    run, runs, names = deployed_run["run"], deployed_run["runs"], deployed_run["deployments"]
+    run, runs, deployments = deployed_run["run"], deployed_run["runs"], deployed_run["deployments"]
+    names = {i: d.name for i, d in deployments.items()}
     assert run.work_pool_name == "cpu" and names[run.deployment_id] == "weekly"
+    # prefect.yaml's schedule is on the server: the cron fires without anyone at the keyboard
+    (schedule,) = deployments[run.deployment_id].schedules
+    assert schedule.schedule.cron == "0 3 * * 1" and schedule.active
     train = [r for r in runs if r.deployment_id and names[r.deployment_id] == "gpu"]
     assert len(train) == 1 and train[0].work_pool_name == "gpu"
     assert train[0].state and train[0].state.is_completed()
@@ -130,6 +134,7 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
     assert client.get_model_version_by_alias(NAME, "champion").version == mv.version
     # Artifacts went through the server's proxy into its store, none into the project.
     run = client.get_run(mv.run_id)
+    assert run.data.metrics["train_processes"] == 1  # the gpu worker here has no GPU: 1 process
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
     assert list(Path(services["artifacts"]).rglob("MLmodel"))
     assert not (project / "mlartifacts").exists() and not (project / "mlflow.db").exists()
