@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -30,6 +31,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 QUIET = {
     "DO_NOT_TRACK": "true",
@@ -204,17 +206,65 @@ def postgres(port: int | None = None, timeout: float = 60) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def s3_available() -> bool:
+    return (
+        importlib.util.find_spec("moto") is not None
+        and importlib.util.find_spec("boto3") is not None
+    )
+
+
+@contextlib.contextmanager
+def s3_server(
+    log: Path,
+    buckets: tuple[str, ...] = ("mlflow", "dvc"),
+    port: int | None = None,
+    timeout: float = 60,
+) -> Iterator[dict[str, str]]:
+    """moto's S3 server on loopback with the buckets made; yields the clients' AWS_* env."""
+    import boto3
+
+    port = port or free_port()
+    with spawn(
+        [bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(port)], log, dict(os.environ)
+    ) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/moto-api/data.json", proc, timeout, log)
+        env = {
+            "AWS_ACCESS_KEY_ID": "loopback",
+            "AWS_SECRET_ACCESS_KEY": "loopback-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": url,  # boto3 (MLflow) and s3fs (dvc-s3) both read it
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=url,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
+        for bucket in buckets:
+            s3.create_bucket(Bucket=bucket)
+        yield env
+
+
 @contextlib.contextmanager
 def mlflow_server(
-    backend_uri: str, artifacts: Path, log: Path, port: int | None = None, timeout: float = 120
+    backend_uri: str,
+    artifacts: Path | str,
+    log: Path,
+    port: int | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
-    """`mlflow server` with its artifact proxy; yields the tracking URI (http://127.0.0.1:port)."""
+    """`mlflow server` with its artifact proxy; yields the tracking URI (http://127.0.0.1:port).
+    `artifacts` is a directory or an object-store URI (`s3://mlflow`, credentials in `env`)."""
     port = port or free_port()
-    artifacts.mkdir(parents=True, exist_ok=True)
+    if isinstance(artifacts, Path):
+        artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [bin_path("mlflow"), "server", "--backend-store-uri", backend_uri]
     cmd += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, **QUIET}
+    env = {**os.environ, **QUIET, **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     with spawn(cmd, log, env) as proc:
         uri = f"http://127.0.0.1:{port}"
@@ -223,23 +273,31 @@ def mlflow_server(
 
 
 @contextlib.contextmanager
-def stack(home: Path, use_postgres: bool | None = None) -> Iterator[dict[str, str]]:
-    """Prefect server + MLflow server (PostgreSQL-backed when available, else SQLite)."""
+def stack(
+    home: Path, use_postgres: bool | None = None, use_s3: bool | None = None
+) -> Iterator[dict[str, Any]]:
+    """Prefect server + MLflow server (PostgreSQL-backed when available, else SQLite) with its
+    artifacts and the DVC remote on S3 (moto, when installed; else directories under home).
+
+    Yields the client settings (PREFECT_API_URL, MLFLOW_TRACKING_URI, AWS_* for S3) under
+    "env", plus "backend", "artifacts" (where the server stores artifacts) and "dvc_remote"."""
     use_postgres = postgres_available() if use_postgres is None else use_postgres
+    use_s3 = s3_available() if use_s3 is None else use_s3
+    home.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as es:
         if use_postgres:
             backend = es.enter_context(postgres())
         else:
             backend = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+        s3 = es.enter_context(s3_server(home / "s3.log")) if use_s3 else {}
+        artifacts: Path | str = "s3://mlflow" if use_s3 else home / "mlartifacts"
         api = es.enter_context(prefect_server(home / "prefect"))
-        tracking = es.enter_context(
-            mlflow_server(backend, home / "mlartifacts", home / "mlflow.log")
-        )
+        tracking = es.enter_context(mlflow_server(backend, artifacts, home / "mlflow.log", env=s3))
         yield {
-            "PREFECT_API_URL": api,
-            "MLFLOW_TRACKING_URI": tracking,
+            "env": {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": tracking, **s3},
             "backend": backend.split(":", 1)[0],
-            "artifacts": str(home / "mlartifacts"),
+            "artifacts": str(artifacts),
+            "dvc_remote": "s3://dvc/store" if use_s3 else str(home / "dvc-store"),
         }
 
 
@@ -249,11 +307,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--home", default=".services", help="server state and logs")
     ap.add_argument("--sqlite", action="store_true", help="MLflow on SQLite, not PostgreSQL")
+    ap.add_argument("--no-s3", action="store_true", help="directories instead of moto's S3")
     args = ap.parse_args(argv)
-    with stack(Path(args.home).resolve(), use_postgres=False if args.sqlite else None) as env:
-        print(f"# MLflow on {env['backend']}, artifacts in {env['artifacts']}; Ctrl-C stops all")
-        for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
-            print(f"export {k}={env[k]}", flush=True)
+    home = Path(args.home).resolve()
+    with stack(
+        home, use_postgres=False if args.sqlite else None, use_s3=False if args.no_s3 else None
+    ) as services:
+        print(
+            f"# MLflow on {services['backend']}, artifacts in {services['artifacts']}; "
+            f"DVC remote: dvc remote add --local -d shared {services['dvc_remote']}\n"
+            "# Ctrl-C stops everything"
+        )
+        for k, v in services["env"].items():
+            print(f"export {k}={v}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
 

@@ -3,7 +3,8 @@
 - `mlflow server` on PostgreSQL (SQLite where no PostgreSQL is installed) with its artifact proxy,
 - `prefect server start`, the project's prefect.yaml deployed with `prefect deploy --all`,
   a `process` worker on the `cpu` pool and one on the `gpu` pool,
-- a DVC remote outside the project (a directory, as the S3 bucket would be),
+- moto's S3 server in MinIO's place: MLflow's artifact store (`s3://mlflow`) and the DVC
+  remote (`s3://dvc`), reached through AWS_ENDPOINT_URL as in compose,
 
 then the retrain deployment runs through the cpu worker, hands its train stage to the gpu
 worker's deployment, and the model version lands in the server's registry with its lineage.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,18 +29,17 @@ NAME = "receipt-llava"
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    with stack(tmp_path_factory.mktemp("services")) as env:
-        yield env
+    with stack(tmp_path_factory.mktemp("services"), use_s3=True) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, services):
     root = make_project(tmp_path_factory.mktemp("project"), small_params())
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
-    remote = root.parent / "dvc-store"
     for cmd in (
-        ["dvc", "remote", "add", "-d", "shared", str(remote)],
+        ["dvc", "remote", "add", "-d", "shared", services["dvc_remote"]],
         ["git", "add", "-A"],
         ["git", "commit", "-qm", "flows + shared remote"],
     ):
@@ -53,9 +52,8 @@ def client_env(services, project) -> dict[str, str]:
     return (
         git_env()
         | QUIET
+        | services["env"]
         | {
-            "PREFECT_API_URL": services["PREFECT_API_URL"],
-            "MLFLOW_TRACKING_URI": services["MLFLOW_TRACKING_URI"],
             "PREFECT_HOME": str(project.parent / "prefect-client"),
             "PREFECT_WORKER_QUERY_SECONDS": "2",
             "RECEIPT_REPO_DIR": str(project),
@@ -92,7 +90,7 @@ def deployed_run(services, project):
     with (
         spawn([bin_path("prefect"), "worker", "start", "--pool", "cpu"], logs / "cpu.log", env),
         spawn([bin_path("prefect"), "worker", "start", "--pool", "gpu"], logs / "gpu.log", env),
-        temporary_settings({PREFECT_API_URL: services["PREFECT_API_URL"]}),
+        temporary_settings({PREFECT_API_URL: services["env"]["PREFECT_API_URL"]}),
     ):
         run = run_deployment("retrain/weekly", timeout=1200, poll_interval=3)
         with get_client(sync_client=True) as client:
@@ -122,7 +120,7 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
 
     from tasks import lineage
 
-    client = MlflowClient(tracking_uri=services["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=services["env"]["MLFLOW_TRACKING_URI"])
     (mv,) = client.search_model_versions(f"name='{NAME}'")
     tags = mv.tags
     commit, _ = lineage.git_state(project)
@@ -136,10 +134,12 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
     run = client.get_run(mv.run_id)
     assert run.data.metrics["train_processes"] == 1  # the gpu worker here has no GPU: 1 process
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    assert list(Path(services["artifacts"]).rglob("MLmodel"))
+    assert services["artifacts"] == "s3://mlflow"
+    stored = s3_keys(services, "mlflow")
+    assert any(k.endswith("/MLmodel") for k in stored) and any(run.info.run_id in k for k in stored)
     assert not (project / "mlartifacts").exists() and not (project / "mlflow.db").exists()
     # ... and the registered model loads back through the server and reads a receipt.
-    mlflow.set_tracking_uri(services["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(services["env"]["MLFLOW_TRACKING_URI"])
     image = next((project / "data" / "images").glob("*-test-*.png")).read_bytes()
     answer = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(
         pd.DataFrame({"image": [image]})
@@ -147,17 +147,34 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
     assert list(answer.columns) == ["json", "valid_json", "raw"] and answer["raw"][0]
 
 
-def test_dvc_remote_holds_the_data_the_model_was_trained_on(deployed_run, project):
+def s3_keys(services, bucket: str) -> list[str]:
+    import boto3
+
+    env = services["env"]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_dvc_remote_holds_the_data_the_model_was_trained_on(deployed_run, services, project):
     md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
-    remote = project.parent / "dvc-store"
-    assert (remote / "files" / "md5" / md5[:2] / md5[2:]).is_file()  # the .dir manifest
-    manifest = json.loads((remote / "files" / "md5" / md5[:2] / md5[2:]).read_text())
-    assert all((remote / "files" / "md5" / e["md5"][:2] / e["md5"][2:]).is_file() for e in manifest)
+    keys = set(s3_keys(services, "dvc"))
+    manifest_key = f"store/files/md5/{md5[:2]}/{md5[2:]}"
+    assert manifest_key in keys  # the data's .dir manifest, pushed by the flow's push task
     done = subprocess.run(
         ["dvc", "status", "--cloud", "--json"],
         cwd=project,
-        env=git_env(),
+        env=git_env() | services["env"],
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 0 and json.loads(done.stdout or "{}") == {}, done.stdout
+    assert done.returncode == 0 and json.loads(done.stdout or "{}") == {}, done.stdout + done.stderr
+    files = [k for k in keys if k.startswith("store/files/md5/") and not k.endswith(".dir")]
+    n_images = len(list((project / "data" / "images").glob("*.png")))
+    assert len(files) >= n_images  # every image (and the metadata) is in the bucket
