@@ -221,8 +221,6 @@ def s3_server(
     timeout: float = 60,
 ) -> Iterator[dict[str, str]]:
     """moto's S3 server on loopback with the buckets made; yields the clients' AWS_* env."""
-    import boto3
-
     port = port or free_port()
     with spawn(
         [bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(port)], log, dict(os.environ)
@@ -235,16 +233,23 @@ def s3_server(
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": url,  # boto3 (MLflow) and s3fs (dvc-s3) both read it
         }
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=url,
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            region_name=env["AWS_DEFAULT_REGION"],
-        )
+        s3 = s3_client(env)
         for bucket in buckets:
             s3.create_bucket(Bucket=bucket)
         yield env
+
+
+def s3_client(env: dict[str, str]):
+    """A boto3 S3 client for the AWS_* settings `s3_server` yields."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
 
 
 @contextlib.contextmanager

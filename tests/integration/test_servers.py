@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.servers import QUIET, bin_path, spawn, stack
+from flows.servers import QUIET, bin_path, s3_client, spawn, stack
 from tests.conftest import REPO, git_env, make_project, small_params
 
 pytestmark = pytest.mark.slow
@@ -148,17 +148,7 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
 
 
 def s3_keys(services, bucket: str) -> list[str]:
-    import boto3
-
-    env = services["env"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    pages = s3_client(services["env"]).get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
