@@ -62,7 +62,7 @@ test-fast: setup ## tests without the slow end-to-end ones
 lint: setup ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check tasks flows tests bench
 	$(VENV)/bin/ruff format --check tasks flows tests bench
-	$(VENV)/bin/mypy tasks flows bench
+	$(VENV)/bin/mypy tasks flows bench tests
 
 clean: ## remove pipeline outputs (keeps data/ and .venv)
 	rm -rf artifacts reports/data_docs reports/*.json reports/*.jsonl reports/*.csv

@@ -79,8 +79,9 @@ def make_project(root: Path) -> Path:
 def in_process_figures(project: Path) -> dict[str, object]:
     """Eval throughput (batched vs one by one) and train time at three dataset sizes."""
     from tasks.config import load_params
-    from tasks.evaluate import generate, load_for_inference
-    from tasks.ingest import load_dataset_dir
+    from tasks.dataset import load_dataset_dir
+    from tasks.evaluate import load_for_inference
+    from tasks.generation import generate
     from tasks.train import run_train
 
     params = load_params(project / "params.yaml")

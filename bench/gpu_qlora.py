@@ -23,8 +23,13 @@ from typing import Any
 
 import torch
 
-from tasks.config import TinyModelParams, TrainParams
+from tasks.config import Params, load_params
 from tasks.modeling import build_tiny_tokenizer, load_model, lora_config
+
+
+def repo_params() -> Params:
+    """The project's params.yaml: the bench overrides what it fixes and keeps the rest."""
+    return load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 
 
 def llava_7b_config(vocab_size: int):
@@ -66,12 +71,17 @@ def build(out: Path, tiny: bool) -> Path:
         from tasks.modeling import build_tiny
 
         build_tiny(
-            TinyModelParams(
-                image_size=64,
-                vision_hidden=32,
-                text_hidden=64,
-                text_intermediate=128,
-                vocab_size=400,
+            repo_params().model.tiny.model_copy(
+                update={
+                    "image_size": 64,
+                    "patch_size": 32,
+                    "vision_hidden": 32,
+                    "vision_layers": 2,
+                    "text_hidden": 64,
+                    "text_layers": 2,
+                    "text_intermediate": 128,
+                    "vocab_size": 400,
+                }
             ),
             targets * 4,
             out,
@@ -217,7 +227,16 @@ def main(argv: list[str] | None = None) -> None:
         recs = records(max(batches) * (args.steps + 2), args.target_tokens, processor.tokenizer)
         collator = ReceiptCollator(processor, "Extract the receipt as JSON.", max_length=100_000)
         fixed = max(len(collator.encode(r)[0]) for r in recs)
-        t = TrainParams(lora_r=16, lora_alpha=32, modules_to_save=[])
+        # The bench's own fixed recipe (plain QLoRA, attention LoRA), not the tiny default's.
+        t = repo_params().train.model_copy(
+            update={
+                "lora_r": 16,
+                "lora_alpha": 32,
+                "lora_dropout": 0.0,
+                "lora_target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
+                "modules_to_save": [],
+            }
+        )
         attns = ["sdpa", "eager"] + (
             ["flash_attention_2"] if pick_attn("auto") == "flash_attention_2" else []
         )

@@ -20,7 +20,17 @@ from typing import Any, cast
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-STAGES = ("ingest", "validate", "base", "train", "evaluate", "gate", "merge", "register")
+STAGES = (
+    "ingest",
+    "validate",
+    "base",
+    "train",
+    "evaluate",
+    "champion",
+    "gate",
+    "merge",
+    "register",
+)
 STAGE_TIMEOUT_S = {"train": 6 * 3600, "evaluate": 2 * 3600}
 
 
@@ -136,7 +146,7 @@ def promote_task(repo: str) -> dict[str, Any]:
     params = load_params(Path(repo) / "params.yaml")
     client = setup(params.register_.experiment, repo)
     try:
-        result = promote(client, params) | {"promoted": True}
+        result = promote(client, params, repo=repo) | {"promoted": True}
     except PromotionRefused as exc:
         result = {"promoted": False, "reason": str(exc)}
     get_run_logger().info("promotion: %s", result)
@@ -189,7 +199,8 @@ def retrain(
         "data_md5": data_md5,
         "stages": ran,
         "registration": registration,
-        "registered_now": ran["register"] == "ran",
+        # a new version: register ran and found no version with the same model digest
+        "registered_now": ran["register"] == "ran" and not registration.get("reused", False),
         "gate": summary["gate"].get("passed"),
     }
     if promote:

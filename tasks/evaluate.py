@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tasks.config import Params, load_params
+from tasks.generation import generate
 from tasks.io import quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.metrics import per_field, score
 from tasks.modeling import (
@@ -24,36 +23,9 @@ from tasks.modeling import (
     load_model,
     load_processor,
     pick_attn,
-    prompt_text,
     resolve_base,
 )
 from tasks.receipt_json import parse_target
-
-
-@torch.inference_mode()
-def generate(
-    model, processor, images: list, prompt: str, max_new_tokens: int, batch_size: int
-) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded answers only."""
-    processor.tokenizer.padding_side = "left"
-    text = prompt_text(processor, prompt)
-    device = next(model.parameters()).device
-    outputs: list[str] = []
-    for i in range(0, len(images), batch_size):
-        chunk = [im.convert("RGB") for im in images[i : i + batch_size]]
-        enc = processor(
-            images=chunk, text=[text] * len(chunk), return_tensors="pt", padding=True
-        ).to(device)
-        enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
-        answers = out[:, enc["input_ids"].shape[1] :]
-        outputs += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
-    return [o.strip() for o in outputs]
 
 
 def load_for_inference(params: Params, base_dir: str | Path, adapter_dir: str | Path | None):
@@ -85,7 +57,7 @@ def run_evaluate(
     predictions_path: str | Path,
     fields_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    from tasks.ingest import load_dataset_dir
+    from tasks.dataset import load_dataset_dir
 
     e = params.evaluate
     test = load_dataset_dir(dataset_dir)["test"]

@@ -1,7 +1,8 @@
 """Gate stage: thresholds from params, and no worse than the current champion on the same test split.
 
-The champion (MLflow alias `champion`) is re-evaluated here on this run's test split, so
-the comparison is like for like. A failure writes reports/gate.json saying which
+The champion is the version named in reports/champion.json (the champion stage writes the
+registry's `champion` alias there, so DVC sees it change). It is re-evaluated here on this
+run's test split, so the comparison is like for like. A failure writes reports/gate.json saying which
 criterion failed and by how much, then exits non-zero: `dvc repro` stops before merge
 and register. With no champion yet, only the thresholds apply.
 """
@@ -26,20 +27,25 @@ class GateFailed(RuntimeError):
 
 
 def champion_metrics(
-    params: Params, dataset_dir: str | Path, repo: str | Path
+    params: Params, dataset_dir: str | Path, champion_path: str | Path, repo: str | Path
 ) -> dict[str, Any] | None:
-    """The champion's metrics on this test split, or None when there is no champion."""
+    """The metrics on this test split of the champion named in champion_path (None: no champion)."""
     import mlflow.pyfunc
 
-    from tasks.ingest import load_dataset_dir
+    from tasks.dataset import load_dataset_dir
     from tasks.metrics import score
-    from tasks.tracking import alias_version, setup
+    from tasks.tracking import setup
 
     r = params.register_
-    client = setup(r.experiment, repo)
-    mv = alias_version(client, r.model_name, "champion")
-    if mv is None:
+    champion = json.loads(Path(champion_path).read_text())
+    if champion["version"] is None:
         return None
+    if champion["model_name"] != r.model_name:
+        raise ValueError(
+            f"{champion_path}: champion of {champion['model_name']!r}, but register.model_name is "
+            f"{r.model_name!r}: rerun the champion stage"
+        )
+    setup(r.experiment, repo)
     test = load_dataset_dir(dataset_dir)["test"]
     if params.evaluate.limit:
         test = test.select(range(min(params.evaluate.limit, len(test))))
@@ -50,10 +56,10 @@ def champion_metrics(
         frame.append(buf.getvalue())
     import pandas as pd
 
-    model = mlflow.pyfunc.load_model(f"models:/{r.model_name}/{mv.version}")
+    model = mlflow.pyfunc.load_model(f"models:/{r.model_name}/{champion['version']}")
     raw = list(model.predict(pd.DataFrame({"image": frame}))["raw"])
     metrics = score(raw, [json.loads(t) for t in test["target"]])
-    return {"version": str(mv.version), **{k: round(float(v), 4) for k, v in metrics.items()}}
+    return {"version": champion["version"], **{k: round(float(v), 4) for k, v in metrics.items()}}
 
 
 def decide(
@@ -104,11 +110,12 @@ def run_gate(
     params: Params,
     metrics_path: str | Path,
     dataset_dir: str | Path,
+    champion_path: str | Path,
     report_path: str | Path,
     repo: str | Path = ".",
 ) -> dict[str, Any]:
     metrics = json.loads(Path(metrics_path).read_text())
-    report = decide(metrics, params, champion_metrics(params, dataset_dir, repo))
+    report = decide(metrics, params, champion_metrics(params, dataset_dir, champion_path, repo))
     write_json_atomic(report_path, report)
     if not report["passed"]:
         failed = [
@@ -126,10 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--metrics", default="reports/metrics.json")
     ap.add_argument("--dataset", default="artifacts/dataset")
+    ap.add_argument("--champion", default="reports/champion.json")
     ap.add_argument("--report", default="reports/gate.json")
     args = ap.parse_args(argv)
     try:
-        report = run_gate(load_params(args.params), args.metrics, args.dataset, args.report)
+        report = run_gate(
+            load_params(args.params), args.metrics, args.dataset, args.champion, args.report
+        )
     except GateFailed as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)

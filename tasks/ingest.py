@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import IngestParams, load_params
+from tasks.dataset import SPLITS
 from tasks.io import atomic_dir, quiet_telemetry
 from tasks.receipt_json import derive_gt_parse, to_target
 
-SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "tst": "test"}
 
 
@@ -121,25 +121,11 @@ def run_ingest(p: IngestParams, raw_dir: str | Path, out_dir: str | Path) -> dic
         )
 
     # Empty splits are left out: datasets 5.2 cannot load an empty split back from disk.
-    # load_dataset_dir restores them as empty datasets, and validation names them.
+    # tasks.dataset.load_dataset_dir restores them as empty datasets, and validation names them.
     dd = datasets.DatasetDict({s: ds for s in SPLITS if len(ds := split_dataset(s))})
     with atomic_dir(out_dir) as tmp:
         dd.save_to_disk(str(tmp))
     return {s: len(dd[s]) if s in dd else 0 for s in SPLITS}
-
-
-def load_dataset_dir(path: str | Path, decode_images: bool = True):
-    """The processed DatasetDict; `decode_images=False` keeps raw bytes (for validation)."""
-    import datasets
-
-    dd = datasets.load_from_disk(str(path))
-    features = next(iter(dd.values())).features
-    for split in SPLITS:
-        if split not in dd:
-            dd[split] = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
-    if not decode_images:
-        dd = dd.cast_column("image", datasets.Image(decode=False))
-    return dd
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,9 +1,12 @@
 """Donut-compatible receipt metrics: normalised tree-edit-distance accuracy and field F1.
 
-Follows the definitions of clovaai/donut's `JSONParseEvaluator`: values are
-normalised (keys sorted by length then name, empty values dropped, scalars
-wrapped in lists), trees are compared with the Zhang-Shasha edit distance (`zss`)
-where a leaf costs its text length, and accuracy is 1 - TED(pred, gt) / TED({}, gt).
+A port of clovaai/donut's `JSONParseEvaluator` (donut/util.py), rule for rule: values are
+normalised by `normalize` (its `normalize_dict`), trees are compared with the Zhang-Shasha
+edit distance (`zss`) where a leaf costs its text length, accuracy is
+max(0, 1 - TED(pred, gt) / TED({}, gt)) per receipt, and F1 is micro-averaged over
+(field path, value) pairs. The one departure: where Donut divides by zero (a ground truth
+that normalises to nothing, or no fields at all for F1), these functions return a number
+and say which in their docstrings.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ import zss
 
 
 def normalize(data: Any) -> Any:
-    """Donut's normalize_dict: sorted keys, empties removed, every value a list."""
+    """Donut's `normalize_dict`, rule for rule.
+
+    - a falsy value (`None`, `""`, `0`, `False`, `[]`, `{}`) normalises to `{}`, so a dict
+      drops the key that held it;
+    - dict keys are sorted by (length, name), and every kept value becomes a list;
+    - a list of dicts keeps its non-empty normalised dicts; any other list keeps only the
+      items whose type is exactly `str`, `int` or `float` (so no booleans) and whose text is
+      not blank, each as stripped text;
+    - any other value becomes `[str(value).strip()]`.
+    """
+    if not data:
+        return {}
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key in sorted(data, key=lambda k: (len(k), k)):
@@ -29,7 +43,7 @@ def normalize(data: Any) -> Any:
         return [
             str(item).strip()
             for item in data
-            if isinstance(item, (str, int, float)) and str(item).strip()
+            if type(item) in (str, int, float) and str(item).strip()
         ]
     return [str(data).strip()]
 
@@ -74,7 +88,9 @@ def _levenshtein(a: str, b: str) -> int:
 
 
 def _leaf(label: str) -> str | None:
-    return label[len("<leaf>") :] if label.startswith("<leaf>") else None
+    """A leaf's text, or None for an inner node: like Donut, any label *containing* '<leaf>' is a
+    leaf, and every '<leaf>' in it is removed."""
+    return label.replace("<leaf>", "") if "<leaf>" in label else None
 
 
 def _insert_remove_cost(node: zss.Node) -> int:
@@ -104,7 +120,11 @@ def ted(pred: Any, gt: Any) -> int:
 
 
 def ted_accuracy(pred: dict[str, Any], gt: dict[str, Any]) -> float:
-    """Donut's cal_acc: max(0, 1 - TED(pred, gt) / TED({}, gt)) on normalised trees."""
+    """Donut's cal_acc: max(0, 1 - TED(pred, gt) / TED({}, gt)) on normalised trees.
+
+    Donut divides by zero when the ground truth normalises to nothing (`{}`, or only empty
+    values); here that case scores 1.0 for an empty prediction and 0.0 for any other.
+    """
     p, g = normalize(pred), normalize(gt)
     worst = ted(normalize({}), g)
     if worst == 0:

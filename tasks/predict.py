@@ -65,7 +65,7 @@ class ReceiptReader:
         self.prompt, self.max_new_tokens, self.batch_size = prompt, max_new_tokens, batch_size
 
     def read(self, images: list[Image.Image]) -> list[dict[str, Any]]:
-        from tasks.evaluate import generate
+        from tasks.generation import generate
         from tasks.receipt_json import is_valid_json, parse_target
 
         outputs = generate(

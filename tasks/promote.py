@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tasks.config import Params, load_params
@@ -24,8 +25,14 @@ class PromotionRefused(RuntimeError):
     pass
 
 
-def _move_champion(client, name: str, mv, champion, reason: str) -> dict[str, Any]:
-    """Point `champion` at mv and record why (and what it replaced) in mv's tags."""
+def _move_champion(
+    client, params: Params, mv, champion, reason: str, repo: str | Path | None
+) -> dict[str, Any]:
+    """Point `champion` at mv and record why (and what it replaced) in mv's tags; with a repo,
+    rewrite its reports/champion.json so that `dvc status` shows the gate stale."""
+    from tasks.champion import CHAMPION_FILE, run_champion
+
+    name = params.register_.model_name
     version, previous = str(mv.version), (str(champion.version) if champion else None)
     client.set_registered_model_alias(name, "champion", version)
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -35,10 +42,14 @@ def _move_champion(client, name: str, mv, champion, reason: str) -> dict[str, An
         "promotion.previous_champion": previous or "none",
     }.items():
         client.set_model_version_tag(name, version, key, value)
+    if repo is not None:
+        run_champion(params, Path(repo) / CHAMPION_FILE, repo)
     return {"name": name, "champion": version, "previous": previous, "reason": reason}
 
 
-def promote(client, params: Params, version: str | None = None) -> dict[str, Any]:
+def promote(
+    client, params: Params, version: str | None = None, repo: str | Path | None = None
+) -> dict[str, Any]:
     """Move `champion` to `version` (default: the challenger) if it passed the gate and beats the champion."""
     from tasks.tracking import alias_version
 
@@ -78,10 +89,12 @@ def promote(client, params: Params, version: str | None = None) -> dict[str, Any
             f"beats champion v{champion.version} on {metric}: {value} >= {best} + {margin} "
             "(same test split)"
         )
-    return _move_champion(client, name, mv, champion, reason)
+    return _move_champion(client, params, mv, champion, reason, repo)
 
 
-def rollback(client, params: Params, version: str) -> dict[str, Any]:
+def rollback(
+    client, params: Params, version: str, repo: str | Path | None = None
+) -> dict[str, Any]:
     """Point `champion` back at a named version that passed its gate."""
     from tasks.tracking import alias_version
 
@@ -93,7 +106,7 @@ def rollback(client, params: Params, version: str) -> dict[str, Any]:
         )
     champion = alias_version(client, name, "champion")
     reason = f"rollback from v{champion.version if champion else 'none'}"
-    return _move_champion(client, name, mv, champion, reason)
+    return _move_champion(client, params, mv, champion, reason, repo)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     client = setup(params.register_.experiment, args.repo)
     try:
         res = (
-            rollback(client, params, args.rollback)
+            rollback(client, params, args.rollback, args.repo)
             if args.rollback
-            else promote(client, params, args.version)
+            else promote(client, params, args.version, args.repo)
         )
     except PromotionRefused as exc:
         print(f"promote: refused: {exc}", file=sys.stderr)

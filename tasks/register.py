@@ -5,12 +5,18 @@ and the dataset (with its DVC md5), then logs the serving pyfunc (tasks/serving.
 registers it. The version is tagged with its lineage (git commit + dirty flag, data.dvc
 md5, each stage's dvc.lock hash, params digest) and its metrics, and gets the alias
 `challenger`. Writes reports/registration.json.
+
+Versions are registered by content: `model_digest` hashes what the pyfunc carries (the
+merged model, or the adapter plus its pinned base) and the config it serves with. When a
+version with that digest exists, no new version is made: the existing one is re-tagged with
+this run's lineage, metrics and gate, gets the alias, and the report says `"reused": true`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,24 @@ def _signature():
     )
 
 
+def model_digest(carried: str | Path, config: dict[str, Any]) -> str:
+    """sha256 of every file the pyfunc carries (relative path and bytes) and its serving config."""
+    root = Path(carried)
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def version_with_digest(client, name: str, digest: str):
+    """The registered version of `name` tagged with this model digest, or None."""
+    found = client.search_model_versions(f"name = '{name}' and tags.model_digest = '{digest}'")
+    return min(found, key=lambda mv: int(mv.version)) if found else None
+
+
 def run_register(
     params: Params,
     repo: str | Path,
@@ -79,73 +103,84 @@ def run_register(
         else ("merged" if params.model.base == "tiny" else "adapter")
     )
 
-    with mlflow.start_run(
-        run_name=f"retrain-{tags['git_commit'][:8]}-{tags['data_md5'][:8]}"
-    ) as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params(
-            {
-                k: str(v)[:500]
-                for k, v in _flat(params.model_dump(mode="json", by_alias=True)).items()
-            }
-        )
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        mlflow.log_metrics(
-            {
-                f"train_{k}": float(train[k])
-                for k in (
-                    "train_seconds",
-                    "samples_per_second",
-                    "final_loss",
-                    "peak_rss_mb",
-                    "processes",
-                )
-                if isinstance(train.get(k), (int, float))
-            }
-        )
-        with (reports / "train_loss.csv").open() as f:
-            for row in csv.DictReader(f):
-                mlflow.log_metric("train_loss", float(row["loss"]), step=int(row["step"]))
-        for name in ("validation.json", "gate.json", "train.json", "fields.json"):
-            if (reports / name).exists():
-                mlflow.log_artifact(str(reports / name), artifact_path="reports")
-        predictions = reports / "predictions.jsonl"
-        if predictions.exists():
-            sample = "".join(predictions.read_text().splitlines(keepends=True)[:20])
-            mlflow.log_text(sample, "reports/predictions_sample.jsonl")
-        dataset = MetaDataset(  # type: ignore[abstract]
-            resolve_dataset_source((repo / "data").resolve().as_uri()),
-            name="receipts",
-            digest=tags["data_md5"][:36],
-        )
-        mlflow.log_input(
-            dataset,
-            context="training",
-            tags={"dvc_md5": tags["data_md5"], "source": params.data.source},
-        )
-        config = {"prompt": params.ingest.prompt, "max_new_tokens": params.evaluate.max_new_tokens}
-        if artifact == "merged":
-            artifacts = {"model": str(Path(merged_dir).resolve())}
-        else:
-            artifacts = {"adapter": str(Path(adapter_dir).resolve())}
-            config |= {"base": params.model.base, "revision": params.model.revision or "main"}
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(SERVING),
-            artifacts=artifacts,
-            model_config=config,
-            code_paths=[str(Path(__file__).parent)],
-            pip_requirements=PIP_REQUIREMENTS,
-            signature=_signature(),
-            registered_model_name=r.model_name,
-        )
-    version = str(info.registered_model_version)
+    config: dict[str, Any] = {
+        "prompt": params.ingest.prompt,
+        "max_new_tokens": params.evaluate.max_new_tokens,
+    }
+    if artifact == "merged":
+        artifacts = {"model": str(Path(merged_dir).resolve())}
+    else:
+        artifacts = {"adapter": str(Path(adapter_dir).resolve())}
+        config |= {"base": params.model.base, "revision": params.model.revision or "main"}
+    digest = model_digest(next(iter(artifacts.values())), config)
+    existing = version_with_digest(client, r.model_name, digest)
+    if existing is not None:
+        version, run_id = str(existing.version), existing.run_id
+    else:
+        with mlflow.start_run(
+            run_name=f"retrain-{tags['git_commit'][:8]}-{tags['data_md5'][:8]}"
+        ) as run:
+            mlflow.set_tags(tags)
+            mlflow.log_params(
+                {
+                    k: str(v)[:500]
+                    for k, v in _flat(params.model_dump(mode="json", by_alias=True)).items()
+                }
+            )
+            mlflow.log_metrics(
+                {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            )
+            mlflow.log_metrics(
+                {
+                    f"train_{k}": float(train[k])
+                    for k in (
+                        "train_seconds",
+                        "samples_per_second",
+                        "final_loss",
+                        "peak_rss_mb",
+                        "processes",
+                    )
+                    if isinstance(train.get(k), (int, float))
+                }
+            )
+            with (reports / "train_loss.csv").open() as f:
+                for row in csv.DictReader(f):
+                    mlflow.log_metric("train_loss", float(row["loss"]), step=int(row["step"]))
+            for name in ("validation.json", "gate.json", "train.json", "fields.json"):
+                if (reports / name).exists():
+                    mlflow.log_artifact(str(reports / name), artifact_path="reports")
+            predictions = reports / "predictions.jsonl"
+            if predictions.exists():
+                sample = "".join(predictions.read_text().splitlines(keepends=True)[:20])
+                mlflow.log_text(sample, "reports/predictions_sample.jsonl")
+            dataset = MetaDataset(  # type: ignore[abstract]
+                resolve_dataset_source((repo / "data").resolve().as_uri()),
+                name="receipts",
+                digest=tags["data_md5"][:36],
+            )
+            mlflow.log_input(
+                dataset,
+                context="training",
+                tags={"dvc_md5": tags["data_md5"], "source": params.data.source},
+            )
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(SERVING),
+                artifacts=artifacts,
+                model_config=config,
+                code_paths=[str(Path(__file__).parent)],
+                pip_requirements=PIP_REQUIREMENTS,
+                signature=_signature(),
+                registered_model_name=r.model_name,
+            )
+        version, run_id = str(info.registered_model_version), run.info.run_id
     version_tags = (
         tags
         | {f"metric.{k}": str(v) for k, v in metrics.items()}
         | {
             "gate_passed": str(gate["passed"]).lower(),
             "artifact": artifact,
+            "model_digest": digest,
             "primary_metric": params.gate.primary_metric,
         }
     )
@@ -159,7 +194,9 @@ def run_register(
     result = {
         "name": r.model_name,
         "version": version,
-        "run_id": run.info.run_id,
+        "reused": existing is not None,
+        "model_digest": digest,
+        "run_id": run_id,
         "model_uri": f"models:/{r.model_name}/{version}",
         "tags": version_tags,
     }
@@ -180,7 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     res = run_register(
         load_params(args.params), args.repo, args.merged, args.adapter, args.reports, args.out
     )
-    print(f"register: {res['name']} v{res['version']} (alias challenger), run {res['run_id']}")
+    how = "same weights as an existing version: re-tagged" if res["reused"] else "new version"
+    print(
+        f"register: {res['name']} v{res['version']} ({how}; alias challenger), run {res['run_id']}"
+    )
 
 
 if __name__ == "__main__":

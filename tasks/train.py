@@ -31,7 +31,6 @@ from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_
 from tasks.modeling import (
     IMAGE_TOKEN,
     base_ref,
-    build_tiny,
     image_token_count,
     load_model,
     load_processor,
@@ -143,21 +142,6 @@ def torchrun(n: int, argv: list[str]) -> int:
     return subprocess.call([*cmd, "-m", "tasks.train", *argv])
 
 
-def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> str:
-    """The base stage: build the tiny model (tokenizer trained on train targets) or note the hub id."""
-    from tasks.ingest import load_dataset_dir
-
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        if params.model.base == "tiny":
-            train = load_dataset_dir(dataset_dir, decode_images=False)["train"]
-            texts = list(train["target"]) + [params.ingest.prompt, "USER: ASSISTANT:"]
-            build_tiny(params.model.tiny, texts, tmp)
-        else:
-            write_text_atomic(tmp / "BASE", base_ref(params.model))
-    return resolve_base(params.model, out_dir)[0]
-
-
 def base_fingerprint(base: str) -> str:
     """Identity of the base weights: small files by content, large ones by size; a hub id as is."""
     root = Path(base)
@@ -203,7 +187,7 @@ def run_train(
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
-    from tasks.ingest import load_dataset_dir
+    from tasks.dataset import load_dataset_dir
 
     t = params.train
     base, revision = resolve_base(params.model, base_dir)
@@ -324,20 +308,16 @@ def run_train(
 def main(argv: list[str] | None = None) -> None:
     quiet_telemetry()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ap = argparse.ArgumentParser(description="Build the base (tiny) or QLoRA-train the adapter.")
+    ap = argparse.ArgumentParser(description="QLoRA-train the adapter.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dataset", default="artifacts/dataset")
     ap.add_argument("--base", default="artifacts/base")
-    ap.add_argument("--build-base", action="store_true", help="build the base model and exit")
     ap.add_argument("--adapter", default="artifacts/adapter")
     ap.add_argument("--checkpoints", default="artifacts/checkpoints")
     ap.add_argument("--summary", default="reports/train.json")
     ap.add_argument("--loss-csv", default="reports/train_loss.csv")
     args = ap.parse_args(argv)
     params = load_params(args.params)
-    if args.build_base:
-        print("base:", run_build_base(params, args.dataset, args.base))
-        return
     n = num_processes(params.train)
     if n > 1 and "LOCAL_RANK" not in os.environ:
         sys.exit(torchrun(n, sys.argv[1:] if argv is None else argv))

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.config import ValidateParams, load_params
-from tasks.ingest import SPLITS, load_dataset_dir
+from tasks.dataset import SPLITS, load_dataset_dir
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
 from tasks.receipt_json import price_violations, schema_violations
 

@@ -145,7 +145,7 @@ def dataset_dir(tmp_path_factory, params):
 
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, params, dataset_dir):
-    from tasks.train import run_build_base
+    from tasks.base import run_build_base
 
     out = tmp_path_factory.mktemp("base") / "base"
     run_build_base(params, dataset_dir, out)

@@ -1,15 +1,25 @@
+from typing import Any
+
 import pytest
 
-from tasks.metrics import f1, field_counts, flatten, normalize, per_field, score, ted_accuracy
+from tasks.metrics import (
+    f1,
+    field_counts,
+    flatten,
+    normalize,
+    per_field,
+    score,
+    ted,
+    ted_accuracy,
+)
 
-GT = {
+GT: dict[str, Any] = {
     "menu": [{"nm": "ICE", "price": "82,000"}, {"nm": "TEA", "price": "5,000"}],
     "total": {"total_price": "87,000"},
 }
 
 
 def test_normalize_wraps_scalars_drops_empties_and_sorts_keys():
-    # Donut drops empty containers (not empty strings: "" becomes [""], which is kept)
     assert normalize(
         {"total": {"total_price": "5", "etc": {}}, "menu": {"nm": " A "}, "void_menu": []}
     ) == {"menu": [{"nm": ["A"]}], "total": [{"total_price": ["5"]}]}
@@ -17,6 +27,38 @@ def test_normalize_wraps_scalars_drops_empties_and_sorts_keys():
         "nm",
         "price",
     ]
+
+
+def test_normalize_drops_falsy_values_like_donut():
+    # Donut's normalize_dict starts with `if not data: return {}`: "", None, 0 and False vanish
+    # with their key; a blank-but-truthy " " survives as [""] (it is stripped after the test).
+    gt = {"menu": {"nm": "A", "cnt": "", "price": None, "num": " "}, "total": {"total_price": 0}}
+    assert normalize(gt) == {"menu": [{"nm": ["A"], "num": [""]}]}
+    assert normalize({"total": {"cashprice": False, "changeprice": True}}) == {
+        "total": [{"changeprice": ["True"]}]
+    }
+
+
+def test_normalize_keeps_only_exact_str_int_float_items_in_lists():
+    # `type(item) in {str, int, float}`: booleans (an int subclass) and None are dropped,
+    # 0 inside a list is kept (only whole values are tested for falsiness), blanks are dropped.
+    assert normalize({"etc": ["a", True, 0, 2.5, None, " ", False]}) == {"etc": ["a", "0", "2.5"]}
+
+
+def test_leaf_marker_is_matched_anywhere_in_the_label():
+    # Donut tests `"<leaf>" in label`: a key holding the marker is costed as a leaf too.
+    # gt tree: <root> -> "k<leaf>ey" (a leaf of text "key": 3) -> <leaf>ab (2): TED({}, gt) = 5.
+    # With a prefix test the key would be an inner node costing 1: TED would be 3.
+    gt = {"k<leaf>ey": "ab"}
+    assert ted(normalize({}), normalize(gt)) == 5
+    assert ted_accuracy({"k<leaf>ey": "ab"}, gt) == 1.0
+    assert ted_accuracy({"k<leaf>ey": "ax"}, gt) == pytest.approx(1 - 1 / 5)
+
+
+def test_empty_ground_truth_scores_without_dividing_by_zero():
+    # Donut raises ZeroDivisionError here; we score an empty answer 1 and any other 0.
+    assert ted_accuracy({}, {"menu": {"nm": ""}}) == 1.0
+    assert ted_accuracy({"menu": {"nm": "A"}}, {}) == 0.0
 
 
 def test_ted_accuracy_bounds():

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from tasks.config import SyntheticParams
 from tasks.data import load_source, run_data
-from tasks.ingest import load_dataset_dir, run_ingest
+from tasks.dataset import load_dataset_dir
+from tasks.ingest import run_ingest
 from tasks.receipt_json import parse_target
 from tasks.sources import parse_source
 from tasks.sources.synthetic import generate
@@ -12,7 +12,9 @@ from tests.conftest import CORD_JSON, CORD_SAMPLE, SAMPLE_GT_PARSE, needs, small
 
 
 def test_synthetic_generator_is_deterministic():
-    p = SyntheticParams(train=5, validation=2, test=2, seed=3)
+    p = small_params().data.synthetic.model_copy(
+        update={"train": 5, "validation": 2, "test": 2, "seed": 3}
+    )
     a, b = generate(p), generate(p)
     assert [(r.id, r.image_bytes, r.ground_truth) for r in a] == [
         (r.id, r.image_bytes, r.ground_truth) for r in b
@@ -22,7 +24,11 @@ def test_synthetic_generator_is_deterministic():
 
 
 def test_synthetic_ground_truth_is_cord_v2_shaped():
-    records = generate(SyntheticParams(train=30, validation=1, test=1, max_items=4))
+    records = generate(
+        small_params().data.synthetic.model_copy(
+            update={"train": 30, "validation": 1, "test": 1, "max_items": 4}
+        )
+    )
     splits = {r.split for r in records}
     assert splits == {"train", "validation", "test"}
     for r in records:

@@ -84,10 +84,23 @@ def test_first_run_registers_with_lineage_and_promotes(project, client):
 def test_unchanged_inputs_register_nothing_new(project, client):
     from flows.retrain import retrain
 
+    # The first run promoted v1: the champion moved, so the gate is re-run against it, and
+    # register finds v1's model digest and re-tags v1 instead of making a new version.
     out = retrain(repo=str(project))
-    assert not out["registered_now"] and set(out["stages"].values()) == {"fresh"}
+    assert out["stages"]["champion"] == "ran" and out["stages"]["gate"] == "ran"
+    assert {out["stages"][s] for s in ("ingest", "validate", "base", "train", "evaluate")} == {
+        "fresh"
+    }
+    assert out["registration"]["reused"] and not out["registered_now"]
     assert versions(client) == [1]
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    assert gate["champion"]["version"] == "1"  # the gate compared against the new champion
     assert not out["promotion"]["promoted"] and "already the champion" in out["promotion"]["reason"]
+
+    # Nothing changed since: only the champion stage (always changed) runs.
+    out = retrain(repo=str(project))
+    ran = {s for s, how in out["stages"].items() if how == "ran"}
+    assert ran == {"champion"} and not out["registered_now"] and versions(client) == [1]
 
 
 def test_new_data_gets_its_own_version_and_each_version_restores_its_data(project, client):

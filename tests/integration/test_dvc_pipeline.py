@@ -2,6 +2,7 @@
 -> no-op repro -> push; a bad record stops the repro at validation."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,24 @@ def project(tmp_path_factory):
     return make_project(tmp_path_factory.mktemp("project"), small_params())
 
 
+STAGES = (
+    "ingest",
+    "validate",
+    "base",
+    "train",
+    "evaluate",
+    "champion",
+    "gate",
+    "merge",
+    "register",
+)
+
+
+def ran(done) -> list[str]:
+    """The stages a `dvc repro` ran, in order."""
+    return re.findall(r"Running stage '([a-z]+)'", done.stdout)
+
+
 def registry(project):
     from mlflow import MlflowClient
 
@@ -35,7 +54,7 @@ def test_make_data_then_full_repro_registers_then_noop(project):
     sh(sys.executable, "-m", "tasks.data", cwd=project)
     md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     out = sh("dvc", "repro", cwd=project)
-    for stage in ("ingest", "validate", "base", "train", "evaluate", "gate", "merge", "register"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out.stdout
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert {"json_valid_rate", "base_json_valid_rate", "ted_accuracy", "field_f1"} <= set(metrics)
@@ -48,12 +67,32 @@ def test_make_data_then_full_repro_registers_then_noop(project):
     assert reg["version"] == "1" and reg["tags"]["data_md5"] == md5
 
     again = sh("dvc", "repro", cwd=project)
-    assert "Running stage" not in again.stdout
-    assert "up to date" in again.stdout.lower()
+    assert ran(again) == ["champion"]  # always changed: it asks the registry, nothing follows
+    assert len(registry(project).search_model_versions("name='receipt-llava'")) == 1
+
+    # A change of register's inputs with the same weights re-tags v1: no new version.
+    forced = sh("dvc", "repro", "--force", "--single-item", "register", cwd=project)
+    assert ran(forced) == ["register"]
+    reg = json.loads((project / "reports" / "registration.json").read_text())
+    assert reg["reused"] and reg["version"] == "1"
     assert len(registry(project).search_model_versions("name='receipt-llava'")) == 1
 
     sh("dvc", "push", "-q", cwd=project)
     assert any((project / "dvc-remote").rglob("*"))
+
+
+def test_a_new_champion_makes_the_gate_stale_and_reruns_it(project):
+    sh(sys.executable, "-m", "tasks.promote", cwd=project)
+    champion = json.loads((project / "reports" / "champion.json").read_text())
+    assert champion["version"] == "1" and champion["model_digest"]
+    status = json.loads(sh("dvc", "status", "--json", cwd=project).stdout)
+    assert {"changed deps": {"reports/champion.json": "modified"}} in status["gate"]
+    out = sh("dvc", "repro", cwd=project)
+    assert ran(out) == ["champion", "gate", "register"]  # merge does not follow the gate
+    gate = json.loads((project / "reports" / "gate.json").read_text())
+    assert gate["champion"]["version"] == "1"
+    assert len(registry(project).search_model_versions("name='receipt-llava'")) == 1
+    assert ran(sh("dvc", "repro", cwd=project)) == ["champion"]
 
 
 def test_a_bad_record_gets_a_new_data_hash_and_stops_the_repro_at_validation(project):

@@ -78,6 +78,7 @@ def prefect(env, project, *args: str) -> str:
 def deployed_run(services, project):
     """Pools, `prefect deploy --all`, two workers, one run of retrain/weekly to its end."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -93,6 +94,7 @@ def deployed_run(services, project):
         temporary_settings({PREFECT_API_URL: services["env"]["PREFECT_API_URL"]}),
     ):
         run = run_deployment("retrain/weekly", timeout=1200, poll_interval=3)
+        assert isinstance(run, FlowRun)  # called from sync code: not a coroutine
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs()
             deployments = {d.id: d for d in client.read_deployments()}
@@ -131,6 +133,7 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
     assert all(tags[f"dvc_stage.{s}"] == lock[s] for s in ("ingest", "train", "evaluate"))
     assert client.get_model_version_by_alias(NAME, "champion").version == mv.version
     # Artifacts went through the server's proxy into its store, none into the project.
+    assert mv.run_id
     run = client.get_run(mv.run_id)
     assert run.data.metrics["train_processes"] == 1  # the gpu worker here has no GPU: 1 process
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")

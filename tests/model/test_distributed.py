@@ -6,20 +6,21 @@ import sys
 
 import pytest
 
-from tasks.config import TrainParams
 from tasks.train import num_processes
-from tests.conftest import git_env, write_params
+from tests.conftest import git_env, small_params, write_params
 
 
 def test_process_count_comes_from_env_then_params(monkeypatch):
+    auto = small_params().train.model_copy(update={"num_processes": "auto"})
+    three = auto.model_copy(update={"num_processes": 3})
     monkeypatch.delenv("RECEIPT_NUM_PROCESSES", raising=False)
-    assert num_processes(TrainParams(num_processes=3)) == 3
-    assert num_processes(TrainParams()) == 1  # "auto" on a machine without GPUs
+    assert num_processes(three) == 3
+    assert num_processes(auto) == 1  # "auto" on a machine without GPUs
     monkeypatch.setenv("RECEIPT_NUM_PROCESSES", "2")
-    assert num_processes(TrainParams(num_processes=3)) == 2
+    assert num_processes(three) == 2
     monkeypatch.setenv("RECEIPT_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="RECEIPT_NUM_PROCESSES.*'two'"):
-        num_processes(TrainParams())
+        num_processes(auto)
 
 
 @pytest.mark.slow

@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from tasks.evaluate import generate, load_for_inference, run_evaluate
-from tasks.ingest import load_dataset_dir
+from tasks.dataset import load_dataset_dir
+from tasks.evaluate import load_for_inference, run_evaluate
+from tasks.generation import generate
 from tasks.merge import run_merge
 from tasks.predict import BadImage, ReceiptReader, open_image
 from tests.conftest import CORD_SAMPLE, REPO, needs

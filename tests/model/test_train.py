@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tasks.ingest import load_dataset_dir
+from tasks.dataset import load_dataset_dir
 from tasks.modeling import IMAGE_TOKEN, load_model, load_processor, prompt_text
 from tasks.train import ReceiptCollator, TargetTooLong, max_length_for, run_train
 
