@@ -15,16 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Params, load_params
-from tasks.generation import generate
+from tasks.generation import Settings, answers
 from tasks.io import quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.metrics import per_field, score
-from tasks.modeling import (
-    inference_dtype,
-    load_model,
-    load_processor,
-    pick_attn,
-    resolve_base,
-)
+from tasks.modeling import load_model, load_processor, resolve_base
 from tasks.receipt_json import parse_target
 
 
@@ -33,12 +27,9 @@ def load_for_inference(params: Params, base_dir: str | Path, adapter_dir: str | 
     from peft import PeftModel
 
     base, revision = resolve_base(params.model, base_dir)
+    s = Settings.from_params(params)
     model = load_model(
-        base,
-        quantization="none",
-        compute_dtype=inference_dtype(params.train.compute_dtype),
-        attn=pick_attn(params.train.attn_implementation),
-        revision=revision,
+        base, quantization="none", compute_dtype=s.dtype, attn=s.attn, revision=revision
     )
     processor = load_processor(
         str(adapter_dir) if adapter_dir else base, None if adapter_dir else revision
@@ -65,13 +56,12 @@ def run_evaluate(
         test = test.select(range(min(e.limit, len(test))))
     images, gts = list(test["image"]), [json.loads(t) for t in test["target"]]
     model, processor = load_for_inference(params, base_dir, adapter_dir)
+    settings = Settings.from_params(params)
     start = time.perf_counter()
-    tuned = generate(model, processor, images, params.ingest.prompt, e.max_new_tokens, e.batch_size)
+    tuned = answers(model, processor, images, settings)
     tuned_seconds = time.perf_counter() - start
     with model.disable_adapter():
-        base = generate(
-            model, processor, images, params.ingest.prompt, e.max_new_tokens, e.batch_size
-        )
+        base = answers(model, processor, images, settings)
     metrics: dict[str, float | None] = {k: round(float(v), 4) for k, v in score(tuned, gts).items()}
     metrics |= {f"base_{k}": round(float(v), 4) for k, v in score(base, gts).items() if k != "n"}
     metrics["samples_per_second"] = round(len(images) / tuned_seconds, 3) if tuned_seconds else None

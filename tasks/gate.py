@@ -10,7 +10,6 @@ and register. With no champion yet, only the thresholds apply.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,9 @@ def champion_metrics(
     import mlflow.pyfunc
 
     from tasks.dataset import load_dataset_dir
+    from tasks.generation import Settings, answers
     from tasks.metrics import score
+    from tasks.modeling import torch_dtype
     from tasks.tracking import setup
 
     r = params.register_
@@ -49,15 +50,12 @@ def champion_metrics(
     test = load_dataset_dir(dataset_dir)["test"]
     if params.evaluate.limit:
         test = test.select(range(min(params.evaluate.limit, len(test))))
-    frame = []
-    for im in test["image"]:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        frame.append(buf.getvalue())
-    import pandas as pd
-
-    model = mlflow.pyfunc.load_model(f"models:/{r.model_name}/{champion['version']}")
-    raw = list(model.predict(pd.DataFrame({"image": frame}))["raw"])
+    # The champion's weights, scored exactly as evaluate scored the challenger: the same
+    # images, the same `answers` under this run's settings (not the champion's logged ones).
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{r.model_name}/{champion['version']}")
+    reader, settings = pyfunc.unwrap_python_model().reader, Settings.from_params(params)
+    model = reader.model.to(torch_dtype(settings.dtype))
+    raw = answers(model, reader.processor, list(test["image"]), settings)
     metrics = score(raw, [json.loads(t) for t in test["target"]])
     return {"version": champion["version"], **{k: round(float(v), 4) for k, v in metrics.items()}}
 

@@ -1,10 +1,66 @@
-"""Batched greedy generation: the one way every stage, `predict` and the pyfunc ask a model."""
+"""Batched greedy generation: the one way evaluate (base and challenger), the gate (champion),
+`predict` and the served pyfunc ask a model, with one set of settings.
+
+`Settings` carries everything that changes an answer besides the weights: the prompt, the
+token budget, the batch (left padding depends on it), and the dtype and attention rules. It
+is built from params for evaluate and the gate, and logged as the pyfunc's model_config at
+registration, so a registered model answers as it did when it was evaluated.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Any
+
 import torch
 
-from tasks.modeling import prompt_text
+from tasks.config import Params
+from tasks.modeling import inference_dtype, pick_attn, prompt_text
+
+# What the pyfunc hard-coded before it logged its settings (prompt and budget were logged).
+_BEFORE_SETTINGS = {"batch_size": 8, "compute_dtype": "float32", "attn_implementation": "sdpa"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    max_new_tokens: int
+    batch_size: int
+    # The training compute dtype: inference runs in it on a GPU, in float32 on a CPU.
+    compute_dtype: str
+    attn_implementation: str
+
+    @classmethod
+    def from_params(cls, params: Params) -> Settings:
+        return cls(
+            prompt=params.ingest.prompt,
+            max_new_tokens=params.evaluate.max_new_tokens,
+            batch_size=params.evaluate.batch_size,
+            compute_dtype=params.train.compute_dtype,
+            attn_implementation=params.train.attn_implementation,
+        )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Settings:
+        """From a pyfunc's model_config (what `as_config` logged); extra keys are ignored.
+        Versions registered before the settings were logged get what their pyfunc used then."""
+        return cls(**{k: config.get(k, _BEFORE_SETTINGS.get(k)) for k in cls.__dataclass_fields__})
+
+    def as_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def dtype(self) -> str:
+        return inference_dtype(self.compute_dtype)
+
+    @property
+    def attn(self) -> str:
+        return pick_attn(self.attn_implementation)
+
+
+def answers(model, processor, images: list, s: Settings) -> list[str]:
+    """The model's answers for these images under settings s."""
+    return generate(model, processor, images, s.prompt, s.max_new_tokens, s.batch_size)
 
 
 @torch.inference_mode()

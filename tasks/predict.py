@@ -15,7 +15,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-DEFAULT_PROMPT = "Extract the receipt as JSON."
+from tasks.config import load_params
+from tasks.generation import Settings, answers
 
 
 class BadImage(ValueError):
@@ -43,40 +44,38 @@ class ReceiptReader:
     def __init__(
         self,
         model_dir: str | Path,
-        prompt: str = DEFAULT_PROMPT,
-        max_new_tokens: int = 256,
-        batch_size: int = 8,
+        settings: Settings,
         base: str | None = None,
         revision: str | None = None,
     ):
         """`model_dir` is a merged model; with `base`, it is an adapter merged onto that base at load."""
         from tasks.modeling import load_model, load_processor
 
+        kw: dict[str, Any] = {"compute_dtype": settings.dtype, "attn": settings.attn}
         if base is None:
-            self.model = load_model(str(model_dir), compute_dtype="float32", attn="sdpa").eval()
+            self.model = load_model(str(model_dir), **kw).eval()
         else:
             from peft import PeftModel
 
-            base_model = load_model(base, compute_dtype="float32", attn="sdpa", revision=revision)
+            base_model = load_model(base, revision=revision, **kw)
             self.model = (
                 PeftModel.from_pretrained(base_model, str(model_dir)).merge_and_unload().eval()
             )
         self.processor = load_processor(str(model_dir))
-        self.prompt, self.max_new_tokens, self.batch_size = prompt, max_new_tokens, batch_size
+        self.settings = settings
 
     def read(self, images: list[Image.Image]) -> list[dict[str, Any]]:
-        from tasks.generation import generate
         from tasks.receipt_json import is_valid_json, parse_target
 
-        outputs = generate(
-            self.model, self.processor, images, self.prompt, self.max_new_tokens, self.batch_size
-        )
+        outputs = answers(self.model, self.processor, images, self.settings)
         return [
             {"json": parse_target(o), "valid_json": is_valid_json(o), "raw": o} for o in outputs
         ]
 
 
-def predict(model: str, paths: list[str], prompt: str = DEFAULT_PROMPT) -> list[dict[str, Any]]:
+def predict(model: str, paths: list[str], settings: Settings) -> list[dict[str, Any]]:
+    """Read the images with a model dir (under `settings`) or an MLflow model URI (under the
+    settings it was registered with)."""
     images = [open_image(p) for p in paths]  # all images checked before the model loads
     if model.startswith(("models:/", "runs:/")):
         import mlflow.pyfunc
@@ -93,7 +92,7 @@ def predict(model: str, paths: list[str], prompt: str = DEFAULT_PROMPT) -> list[
                 paths, frame["json"], frame["valid_json"], frame["raw"], strict=True
             )
         ]
-    reader = ReceiptReader(model, prompt)
+    reader = ReceiptReader(model, settings)
     return [{"image": p, **r} for p, r in zip(paths, reader.read(images), strict=True)]
 
 
@@ -105,11 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="artifacts/merged", help="merged model directory")
-    ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("--params", default="params.yaml", help="settings for a model directory")
     ap.add_argument("images", nargs="+")
     args = ap.parse_args(argv)
     try:
-        results = predict(args.model, args.images, args.prompt)
+        settings = Settings.from_params(load_params(args.params))
+        results = predict(args.model, args.images, settings)
     except BadImage as exc:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -23,6 +23,7 @@ from typing import Any
 
 from tasks import lineage
 from tasks.config import Params, load_params
+from tasks.generation import Settings
 from tasks.io import quiet_telemetry, write_json_atomic
 
 SERVING = Path(__file__).with_name("serving.py")
@@ -103,10 +104,8 @@ def run_register(
         else ("merged" if params.model.base == "tiny" else "adapter")
     )
 
-    config: dict[str, Any] = {
-        "prompt": params.ingest.prompt,
-        "max_new_tokens": params.evaluate.max_new_tokens,
-    }
+    # The pyfunc answers with the settings this model was evaluated with.
+    config: dict[str, Any] = Settings.from_params(params).as_config()
     if artifact == "merged":
         artifacts = {"model": str(Path(merged_dir).resolve())}
     else:

@@ -24,21 +24,19 @@ def _bytes(value: Any) -> bytes:
 
 class ReceiptModel(PythonModel):
     def load_context(self, context) -> None:
+        from tasks.generation import Settings
         from tasks.predict import ReceiptReader
 
-        cfg = context.model_config or {}
-        kwargs = {
-            "prompt": cfg.get("prompt", "Extract the receipt as JSON."),
-            "max_new_tokens": int(cfg.get("max_new_tokens", 256)),
-        }
+        cfg = context.model_config
+        settings = Settings.from_config(cfg)  # as evaluated: logged at registration
         if "model" in context.artifacts:  # a merged model (the tiny default)
-            self.reader = ReceiptReader(context.artifacts["model"], **kwargs)
+            self.reader = ReceiptReader(context.artifacts["model"], settings)
         else:  # an adapter + a pinned hub base (7B): merged in memory at load time
             self.reader = ReceiptReader(
                 context.artifacts["adapter"],
+                settings,
                 base=cfg["base"],
                 revision=cfg.get("revision"),
-                **kwargs,
             )
 
     def predict(

@@ -154,3 +154,34 @@ def test_injected_worse_model_is_stopped_by_the_gate_and_nothing_is_promoted(pro
     client.set_model_version_tag(NAME, "2", "gate_passed", "true")
     assert rollback(client, params, "1")["champion"] == "1"
     assert client.get_model_version(NAME, "1").tags["promotion.reason"].startswith("rollback")
+
+
+def test_a_train_stage_killed_mid_run_is_retried_and_resumes_from_its_checkpoint(project, client):
+    """SIGKILL the train stage's process once its first checkpoint is on disk: the flow's
+    retry reruns `dvc repro` for train, which resumes there instead of starting over."""
+    import subprocess
+    import threading
+    import time
+
+    from flows.retrain import retrain
+
+    write_params(project, project_params(train={"max_steps": 150, "save_steps": 20}))
+    ckpt = project / "artifacts" / "checkpoints" / "checkpoint-20"
+    killed: list[str] = []
+
+    def kill_once_checkpointed() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (ckpt / "trainer_state.json").exists():
+            time.sleep(0.05)
+        done = subprocess.run(["pkill", "-9", "-f", "tasks.train --dataset"])
+        killed.append(str(done.returncode))
+
+    killer = threading.Thread(target=kill_once_checkpointed, daemon=True)
+    killer.start()
+    out = retrain(repo=str(project), refresh=False, promote=False)
+    killer.join(timeout=5)
+    assert killed == ["0"]  # the train process was there, and was killed
+    summary = json.loads((project / "reports" / "train.json").read_text())
+    assert summary["resumed_from"] and summary["resumed_from"].endswith("checkpoint-20")
+    assert summary["steps"] == 150  # the retry trained the remaining steps, not all 150 again
+    assert out["stages"]["train"] == "ran" and out["registered_now"]

@@ -95,6 +95,34 @@ def test_a_new_champion_makes_the_gate_stale_and_reruns_it(project):
     assert ran(sh("dvc", "repro", cwd=project)) == ["champion"]
 
 
+def test_a_second_repro_at_once_fails_on_dvc_lock_and_corrupts_nothing(project):
+    first = subprocess.Popen(
+        ["dvc", "repro", "--force", "--single-item", "evaluate"],
+        cwd=project,
+        env=git_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert first.stdout is not None
+    for line in first.stdout:  # DVC holds the repo lock while the stage's command runs
+        if "Running stage 'evaluate'" in line:
+            break
+    second = sh("dvc", "repro", cwd=project, check=False)
+    first.stdout.read()
+    assert first.wait() == 0
+    assert second.returncode != 0
+    # DVC's own words: the repo lock, or the read/write lock on the stage's paths and its PID
+    said = second.stderr + second.stdout
+    assert "Unable to acquire lock" in said or ("is busy" in said and "PID" in said)
+    assert "Running stage" not in second.stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    status = json.loads(sh("dvc", "status", "--json", cwd=project).stdout)
+    # evaluate's rerun is recorded (its metrics carry a timing, so the gate follows it)
+    assert not {"ingest", "validate", "base", "train", "evaluate", "merge"} & set(status)
+
+
 def test_a_bad_record_gets_a_new_data_hash_and_stops_the_repro_at_validation(project):
     first = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     meta = project / "data" / "metadata.jsonl"

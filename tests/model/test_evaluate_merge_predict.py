@@ -9,7 +9,7 @@ import torch
 
 from tasks.dataset import load_dataset_dir
 from tasks.evaluate import load_for_inference, run_evaluate
-from tasks.generation import generate
+from tasks.generation import Settings, generate
 from tasks.merge import run_merge
 from tasks.predict import BadImage, ReceiptReader, open_image
 from tests.conftest import CORD_SAMPLE, REPO, needs
@@ -49,13 +49,48 @@ def test_merged_model_reads_exactly_like_the_adapter_model(
     images = load_dataset_dir(dataset_dir)["test"]["image"]
     model, processor = load_for_inference(params, base_dir, trained["adapter"])
     with_adapter = generate(model, processor, images, params.ingest.prompt, 24, 4)
-    reader = ReceiptReader(merged_dir, params.ingest.prompt, max_new_tokens=24, batch_size=4)
+    settings = Settings.from_params(params)
+    assert (settings.max_new_tokens, settings.batch_size) == (24, 4)
+    reader = ReceiptReader(merged_dir, settings)
     merged = [r["raw"] for r in reader.read(images)]
     assert merged == with_adapter
     # the merged weights are plain full-precision tensors: nothing 4-bit, no LoRA left
     names = [n for n, _ in reader.model.named_parameters()]
     assert not any("lora_" in n for n in names)
     assert all(p.dtype == torch.float32 for p in reader.model.parameters())
+
+
+def test_the_served_pyfunc_answers_exactly_as_evaluate_did(
+    params, dataset_dir, base_dir, trained, merged_dir, tmp_path
+):
+    """One scoring path: the pyfunc logged from tasks/serving.py, with the model_config that
+    register logs, gives run_evaluate's predictions for the same model and images."""
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    run_evaluate(
+        params, dataset_dir, base_dir, trained["adapter"], tmp_path / "m.json", tmp_path / "p.jsonl"
+    )
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    evaluated = [json.loads(line)["prediction"] for line in lines]
+    mlflow.pyfunc.save_model(
+        tmp_path / "pyfunc",
+        python_model=str(REPO / "tasks" / "serving.py"),
+        artifacts={"model": str(merged_dir)},
+        model_config=Settings.from_params(params).as_config(),
+        code_paths=[str(REPO / "tasks")],
+    )
+    frame = []
+    for image in load_dataset_dir(dataset_dir)["test"]["image"]:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        frame.append(buf.getvalue())
+    served = mlflow.pyfunc.load_model(str(tmp_path / "pyfunc")).predict(
+        pd.DataFrame({"image": frame})
+    )
+    assert list(served["raw"]) == evaluated
 
 
 def test_open_image_errors_are_clear(tmp_path):
