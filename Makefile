@@ -60,9 +60,9 @@ test-fast: setup ## tests without the slow end-to-end ones
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check tasks flows tests bench
-	$(VENV)/bin/ruff format --check tasks flows tests bench
-	$(VENV)/bin/mypy tasks flows bench tests
+	$(VENV)/bin/ruff check tasks flows tests bench devtools
+	$(VENV)/bin/ruff format --check tasks flows tests bench devtools
+	$(VENV)/bin/mypy tasks flows bench tests devtools
 
 clean: ## remove pipeline outputs (keeps data/ and .venv)
 	rm -rf artifacts reports/data_docs reports/*.json reports/*.jsonl reports/*.csv

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     retrain = [sys.executable, "-m", "flows.retrain", "--repo", str(project)]
     retrain += ["--no-refresh", "--no-promote"]
     flow = {"ephemeral": timed(retrain, project)[0]}  # `make retrain` with no server configured
-    from flows.servers import prefect_server
+    from devtools.servers import prefect_server
 
     with prefect_server(root / "prefect-home") as api:  # a long-lived server, as deployments use
         timed(retrain, project, {"PREFECT_API_URL": api})  # first run registers the flow

@@ -123,6 +123,41 @@ def test_a_second_repro_at_once_fails_on_dvc_lock_and_corrupts_nothing(project):
     assert not {"ingest", "validate", "base", "train", "evaluate", "merge"} & set(status)
 
 
+def test_register_waits_out_an_unreachable_mlflow_server(project, tmp_path):
+    """The tracking server is down when register starts and comes back 15 s later: MLflow's
+    client retries with backoff (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR), and the
+    server ends up with exactly one version."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from devtools.servers import free_port, mlflow_server
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**git_env(), "MLFLOW_TRACKING_URI": uri}
+    started = time.monotonic()
+    register = subprocess.Popen(
+        [sys.executable, "-m", "tasks.register"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(15)
+    assert register.poll() is None  # still retrying, not failed
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    with mlflow_server(backend, tmp_path / "artifacts", tmp_path / "mlflow.log", port=port):
+        out, _ = register.communicate(timeout=600)
+        assert register.returncode == 0, out
+        assert time.monotonic() - started > 15
+        versions = MlflowClient(tracking_uri=uri).search_model_versions("name='receipt-llava'")
+        assert [v.version for v in versions] == ["1"]
+    # register wrote its report for the server's version; the project's own registry is untouched
+    assert len(registry(project).search_model_versions("name='receipt-llava'")) == 1
+
+
 def test_a_bad_record_gets_a_new_data_hash_and_stops_the_repro_at_validation(project):
     first = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     meta = project / "data" / "metadata.jsonl"

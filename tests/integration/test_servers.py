@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.servers import QUIET, bin_path, s3_client, spawn, stack
+from devtools.servers import QUIET, bin_path, s3_client, spawn, stack
 from tests.conftest import REPO, git_env, make_project, small_params
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """The shared services of docker/compose.yaml, started natively on loopback (no Docker).
 
-    python -m flows.servers --home .services     # Prefect + MLflow (+ PostgreSQL) until Ctrl-C
+    python -m devtools.servers --home .services     # Prefect + MLflow (+ PostgreSQL) until Ctrl-C
 
 Used by the integration test (tests/integration/test_servers.py) and the CPU benchmark, and
 handy on a laptop: it prints the PREFECT_API_URL and MLFLOW_TRACKING_URI to export. Each

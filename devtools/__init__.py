@@ -1,0 +1,1 @@
+"""Developer tooling, not pipeline code: local service stacks for tests and laptops."""
