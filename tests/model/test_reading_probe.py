@@ -2,6 +2,7 @@
 
 import argparse
 import random
+import shlex
 
 from bench.reading_probe import main, page
 
@@ -15,9 +16,11 @@ def test_grid_pages_hold_their_text_in_reading_order():
 
 def test_probe_trains_and_reports_held_out_reading(capsys):
     main(
-        "--content char --layout grid --image-size 32 --vision-hidden 32 --vision-layers 1 "
-        "--text-hidden 32 --text-layers 1 --vocab 300 --steps 20 --eval-every 20 "
-        "--max-lines 1 --eval-lines 1 --batch-size 4".split()
+        shlex.split(
+            "--content char --layout grid --image-size 32 --vision-hidden 32 --vision-layers 1 "
+            "--text-hidden 32 --text-layers 1 --vocab 300 --steps 20 --eval-every 20 "
+            "--max-lines 1 --eval-lines 1 --batch-size 4"
+        )
     )
     out = capsys.readouterr().out
     assert "step 20 lines<=1 loss" in out and "eval step 20" in out and "char similarity" in out
