@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "validate", "base", "train", "evaluate", "gate", "merge", "register")
 START, END = "<!-- cpu-bench:start -->", "<!-- cpu-bench:end -->"
 
 
@@ -185,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="receipt-bench-"))
     project = make_project(root)
     stages = {"make data": timed([sys.executable, "-m", "tasks.data"], project)}
+    from flows.retrain import STAGES  # the pipeline order, champion stage included
+
     for stage in STAGES:
         stages[stage] = timed(["dvc", "repro", "--single-item", stage], project)
         print(f"bench: {stage}: {stages[stage][0]:.1f} s, {stages[stage][1]:.0f} MiB", flush=True)
