@@ -169,7 +169,9 @@ def retrain(
     stale = stale_stages(repo)
     for stage in STAGES:
         # Fresh in `dvc status` and nothing upstream re-ran in this flow: no `dvc repro` needed.
-        if stale is not None and stage not in stale and not {"ran", "remote"} & set(ran.values()):
+        # The champion stage always runs; what it changed shows in a second `dvc status`.
+        upstream = {how for s, how in ran.items() if s != "champion"}
+        if stale is not None and stage not in stale and not {"ran", "remote"} & upstream:
             ran[stage] = "fresh"
             continue
         try:
@@ -188,6 +190,8 @@ def retrain(
                     retries=0 if stage == "gate" else 1,
                 )
                 ran[stage] = run_stage(repo, stage)
+                if stage == "champion" and stale is not None:
+                    stale = stale_stages(repo)
         except Exception:
             if stage == "gate":
                 publish_summary(repo)  # the report says which criterion failed and by how much
