@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.retrain import STAGES  # the pipeline's stages, in order
 from tests.conftest import git_env, make_project, small_params
 
 pytestmark = pytest.mark.slow
@@ -24,19 +25,6 @@ def sh(*cmd, cwd, check=True):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     return make_project(tmp_path_factory.mktemp("project"), small_params())
-
-
-STAGES = (
-    "ingest",
-    "validate",
-    "base",
-    "train",
-    "evaluate",
-    "champion",
-    "gate",
-    "merge",
-    "register",
-)
 
 
 def ran(done) -> list[str]:
