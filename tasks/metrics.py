@@ -189,4 +189,16 @@ def score(outputs: list[str], gts: list[dict[str, Any]]) -> dict[str, float]:
         "field_f1": f1(tp, fp, fn),
         "exact_match": sum(normalize(p) == normalize(g) for p, g in zip(preds, gts, strict=True))
         / n,
+        # Not Donut's: the field a receipt is read for, and whether answers follow the image.
+        "total_price_exact": sum(
+            _total(p) is not None and _total(p) == _total(g)
+            for p, g in zip(preds, gts, strict=True)
+        )
+        / n,
+        "distinct_answers": len(set(outputs)) / n,
     }
+
+
+def _total(gt_parse: dict[str, Any]) -> Any:
+    total = gt_parse.get("total") if isinstance(gt_parse, dict) else None
+    return total.get("total_price") if isinstance(total, dict) else None

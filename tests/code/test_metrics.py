@@ -104,6 +104,10 @@ def test_score_on_truncated_empty_and_perfect_outputs():
     assert m["exact_match"] == pytest.approx(1 / 3)
     assert 1 / 3 < m["ted_accuracy"] < 2 / 3
     assert 0 < m["field_f1"] < 1
+    assert m["total_price_exact"] == pytest.approx(1 / 3)  # only the perfect one has a total
+    assert m["distinct_answers"] == 1.0  # three different outputs for three receipts
+    same = score([perfect, perfect], [GT, {"total": {"total_price": "1"}}])
+    assert same["distinct_answers"] == 0.5 and same["total_price_exact"] == 0.5
 
 
 def test_per_field_breakdown():
