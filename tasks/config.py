@@ -75,6 +75,11 @@ class ModelParams(_Section):
     # "tiny" builds the embedded model; anything else is a hub id or local path.
     base: str
     revision: str | None
+    # How a receipt fits a processor that centre-crops (llava-1.5's resizes the short edge to
+    # 336 and crops the long one, cutting off a tall receipt's store and totals): "pad" it to a
+    # square first, as LLaVA-1.5 was trained; "resize" it to the square, squashing it; or
+    # "crop" as the processor does. Processors that don't crop (the tiny base's) are left alone.
+    image_fit: Literal["pad", "resize", "crop"]
     tiny: TinyModelParams
 
 

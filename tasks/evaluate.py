@@ -18,7 +18,7 @@ from tasks.config import Params, load_params
 from tasks.generation import Settings, answers
 from tasks.io import quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.metrics import per_field, score
-from tasks.modeling import load_model, load_processor, resolve_base
+from tasks.modeling import fit_images, load_model, load_processor, resolve_base
 from tasks.receipt_json import parse_target
 
 
@@ -31,8 +31,11 @@ def load_for_inference(params: Params, base_dir: str | Path, adapter_dir: str | 
     model = load_model(
         base, quantization="none", compute_dtype=s.dtype, attn=s.attn, revision=revision
     )
-    processor = load_processor(
-        str(adapter_dir) if adapter_dir else base, None if adapter_dir else revision
+    # the adapter's processor is the one it was trained with (image_fit applied)
+    processor = (
+        load_processor(str(adapter_dir))
+        if adapter_dir
+        else fit_images(load_processor(base, revision), params.model.image_fit)
     )
     if adapter_dir:
         model = PeftModel.from_pretrained(model, str(adapter_dir))

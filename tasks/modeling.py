@@ -165,6 +165,37 @@ def load_processor(path: str, revision: str | None = None):
     return AutoProcessor.from_pretrained(path, revision=revision)
 
 
+def fit_images(processor, mode: str):
+    """Make a centre-cropping image processor keep the whole receipt (`model.image_fit`).
+
+    llava-1.5's processor resizes the shortest edge to 336 and centre-crops the longest: a
+    tall receipt loses its top (store, first items) and bottom (totals). "pad" swaps in
+    transformers' LlavaImageProcessor with `do_pad` (pad to a square in the mean colour, as
+    LLaVA-1.5 was trained, then resize); "resize" squashes to the crop size; "crop" keeps the
+    processor as it is. A processor that doesn't crop, or pads already, is returned unchanged.
+    The processor saved beside the adapter carries the choice to evaluate, merge and serving."""
+    ip = processor.image_processor
+    if mode == "crop" or not getattr(ip, "do_center_crop", False) or getattr(ip, "do_pad", False):
+        return processor
+    if type(ip).__name__.startswith("LlavaNext"):
+        return processor  # anyres tiles the whole image; it never crops it away
+    from transformers import LlavaImageProcessor
+
+    keep = {
+        k: v
+        for k, v in ip.to_dict().items()
+        if k not in ("image_processor_type", "processor_class", "_processor_class")
+    }
+    crop = ip.crop_size
+    if mode == "pad":
+        processor.image_processor = LlavaImageProcessor(**keep, do_pad=True)
+    else:
+        square = {"height": crop["height"], "width": crop["width"]}
+        processor.image_processor = type(ip)(**(keep | {"do_center_crop": False, "size": square}))
+    log.info("image_fit %s: %s no longer centre-crops receipts", mode, type(ip).__name__)
+    return processor
+
+
 def load_model(
     path: str,
     *,

@@ -31,6 +31,7 @@ from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_
 from tasks.modeling import (
     IMAGE_TOKEN,
     base_ref,
+    fit_images,
     image_token_count,
     load_model,
     load_processor,
@@ -191,7 +192,7 @@ def run_train(
 
     t = params.train
     base, revision = resolve_base(params.model, base_dir)
-    processor = load_processor(base, revision)
+    processor = fit_images(load_processor(base, revision), params.model.image_fit)
     dd = load_dataset_dir(dataset_dir)
     train = dd["train"]
     max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]))
