@@ -205,8 +205,9 @@ def load_model(
     revision: str | None = None,
     device_map: Any = None,
 ):
-    """Load a LLaVA; with quantization='nf4', 4-bit NF4 + double quant, vision tower kept full precision."""
-    from transformers import BitsAndBytesConfig, LlavaForConditionalGeneration
+    """Load a LLaVA (LLaVA-1.5 or LLaVA-NeXT, by its config); with quantization='nf4', 4-bit
+    NF4 + double quant, vision tower and projector kept full precision."""
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
     kwargs: dict[str, Any] = {
         "revision": revision,
@@ -229,7 +230,7 @@ def load_model(
         kwargs["device_map"] = device_map
     elif torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
-    return LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
 
 
 def lora_config(t: TrainParams):
@@ -252,18 +253,26 @@ def prompt_text(processor, prompt: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
-def image_token_count(processor) -> int:
-    """How many tokens one <image> expands to (576 for llava-1.5 at 336 px)."""
+def varies_with_image(processor) -> bool:
+    """Whether the image-token count depends on the image's size (LLaVA-NeXT's anyres tiling)."""
+    return bool(getattr(processor.image_processor, "image_grid_pinpoints", None))
+
+
+def image_token_count(processor, image_size: tuple[int, int] | None = None) -> int:
+    """How many tokens one <image> expands to: 576 for llava-1.5 at 336 px whatever the image;
+    for LLaVA-NeXT it depends on the image's (width, height), given as `image_size`."""
     from PIL import Image
 
-    size = (
-        processor.image_processor.crop_size
-        if processor.image_processor.do_center_crop
-        else processor.image_processor.size
-    )
-    h = size.get("height") or size.get("shortest_edge")
-    w = size.get("width") or size.get("shortest_edge")
-    ids = processor(images=Image.new("RGB", (w, h)), text=IMAGE_TOKEN, return_tensors="pt")[
+    if image_size is None:
+        size = (
+            processor.image_processor.crop_size
+            if processor.image_processor.do_center_crop
+            else processor.image_processor.size
+        )
+        h = size.get("height") or size.get("shortest_edge")
+        w = size.get("width") or size.get("shortest_edge")
+        image_size = (w, h)
+    ids = processor(images=Image.new("RGB", image_size), text=IMAGE_TOKEN, return_tensors="pt")[
         "input_ids"
     ][0]
     return int((ids == processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).sum())

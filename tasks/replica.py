@@ -8,7 +8,8 @@ and `<pad>` = 32001, and the chat template. A replica keeps all of them as they 
 only the layer sizes, so `from_pretrained(<replica dir>)` goes down exactly the code path that
 `from_pretrained("llava-hf/llava-1.5-7b-hf")` does: 336-px CLIP with patch 14 (576 image tokens),
 `vision_feature_layer` -2, the Llama tokenizer and the USER/ASSISTANT template. `--dims 7b`
-keeps the real sizes too (random weights): the shape of the GPU smoke run.
+keeps the real sizes too (random weights): the shape of the GPU smoke run. `--next` builds the
+LLaVA-NeXT (llava-v1.6-mistral-7b-hf) stand-in: see `build_next_standin`.
 
 The weights are random: a replica answers nonsense. It shows that the real path runs and that
 its token counts, masks, padding, template and adapters are right, not that it reads.
@@ -84,16 +85,111 @@ def build_replica(
     return out_dir
 
 
+# llava-hf/llava-v1.6-mistral-7b-hf, from ../shared/hub-configs/llava-v1.6-mistral-7b-hf/REFERENCE.md:
+# no copy of its files could be found, so its replica is a stand-in built from these values.
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+# Its prompt format, "[INST] <image>\nWhat is shown in this image? [/INST]" (the model card's).
+NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] {% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}"
+    "{% if message['role'] == 'user' %} [/INST]{% else %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+def build_next_standin(
+    llava15_files: str | Path, out_dir: str | Path, dims: str = "tiny", seed: int = 0
+) -> Path:
+    """A stand-in for llava-hf/llava-v1.6-mistral-7b-hf: its config values (anyres tiling over
+    `image_grid_pinpoints`, CLIP 336/14, image newline, a Mistral text model with 8 KV heads),
+    its image processor settings and prompt format, through transformers' own LlavaNext
+    classes. Its tokenizer files were not found: the stand-in borrows llava-1.5's Llama
+    tokenizer (the same 32000 sentencepiece pieces + `<image>` 32000 + `<pad>` 32001 layout as
+    Mistral's, not the same pieces)."""
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        MistralConfig,
+    )
+
+    llava15_files, out_dir = Path(llava15_files), Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llava15_files)
+    tokenizer.chat_template = NEXT_CHAT_TEMPLATE
+    text = {
+        "vocab_size": 32064,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1_000_000.0,
+        "sliding_window": None,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+    }
+    vision = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "num_hidden_layers": 24}
+    if dims == "tiny":
+        text |= DIMS["tiny"]["text"] | {"num_key_value_heads": 2}
+        vision |= DIMS["tiny"]["vision"]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=MistralConfig(**text),
+        image_token_index=32000,
+        pad_token_id=32001,
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        use_image_newline_parameter=True,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config)
+    model.generation_config.bos_token_id = 1
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 32001
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_center_crop=True,
+        do_pad=True,
+        image_grid_pinpoints=NEXT_PINPOINTS,
+        resample=3,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        # CLIP's CLS token, which "default" then drops: as llava-1.5's processor_config says.
+        # With 0 (the class default, and the 2024 config's) every image is one token short
+        # of its features and the forward pass fails.
+        num_additional_image_tokens=1,
+        chat_template=NEXT_CHAT_TEMPLATE,
+    )
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--hub-files", required=True, help="a hub LLaVA repo's non-weight files")
+    ap.add_argument(
+        "--next", action="store_true", help="the llava-v1.6-mistral stand-in (--hub-files: 1.5's)"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument("--dims", choices=sorted(DIMS), default="tiny")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    print("replica:", build_replica(args.hub_files, args.out, args.dims, args.seed))
+    build = build_next_standin if args.next else build_replica
+    print("replica:", build(args.hub_files, args.out, args.dims, args.seed))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from tasks.modeling import (
     pick_attn,
     prompt_text,
     resolve_base,
+    varies_with_image,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ReceiptCollator:
     prompt: str
     max_length: int
 
-    def encode(self, record: dict[str, Any]) -> tuple[list[int], int, torch.Tensor]:
+    def encode(self, record: dict[str, Any]) -> tuple[list[int], int, dict[str, torch.Tensor]]:
         tok = self.processor.tokenizer
         enc = self.processor(
             images=record["image"].convert("RGB"),
@@ -79,7 +80,9 @@ class ReceiptCollator:
                 f"record {record['id']!r}: field target is {len(target_ids)} tokens; "
                 f"with the prompt that is {len(ids)} > max_length {self.max_length}"
             )
-        return ids, len(prompt_ids), enc["pixel_values"][0]
+        # pixel_values, and LLaVA-NeXT's image_sizes: what the vision side takes, per record
+        vision = {k: v[0] for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        return ids, len(prompt_ids), vision
 
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
@@ -99,15 +102,32 @@ class ReceiptCollator:
             "input_ids": input_ids,
             "attention_mask": attention,
             "labels": labels,
-            "pixel_values": torch.stack([pv for _, _, pv in encoded]),
-        }
+        } | {key: _stack([v[key] for _, _, v in encoded]) for key in encoded[0][2]}
 
 
-def max_length_for(processor, prompt: str, targets: list[str]) -> int:
-    """Image tokens + prompt + the longest target + eos: sized from the data, never guessed."""
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-record tensors; LLaVA-NeXT's pixel_values have one tile per grid cell, so
+    records with fewer tiles are zero-padded (the model unpads them by `image_sizes`)."""
+    most = max(t.shape[0] for t in tensors) if tensors[0].dim() else 0
+    if tensors[0].dim() == 4 and any(t.shape[0] != most for t in tensors):
+        tensors = [torch.cat([t, t.new_zeros((most - t.shape[0], *t.shape[1:]))]) for t in tensors]
+    return torch.stack(tensors)
+
+
+def max_length_for(
+    processor, prompt: str, targets: list[str], image_sizes: list[tuple[int, int]] | None = None
+) -> int:
+    """Image tokens + prompt + the longest target + eos: sized from the data, never guessed.
+    Where the image-token count depends on the image (LLaVA-NeXT), the most that any of
+    `image_sizes` (width, height) expands to."""
     tok = processor.tokenizer
     n_prompt = len(tok(prompt_text(processor, prompt), add_special_tokens=False)["input_ids"]) - 1
-    n_image = image_token_count(processor)
+    if varies_with_image(processor):
+        if not image_sizes:
+            raise ValueError("this processor's image-token count depends on the image: pass sizes")
+        n_image = max(image_token_count(processor, size) for size in set(image_sizes))
+    else:
+        n_image = image_token_count(processor)
     longest = max(len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets)
     # +1 for eos, +2 slack for tokens the processor adds (bos) around the expanded image.
     return n_image + n_prompt + longest + 3
@@ -195,7 +215,8 @@ def run_train(
     processor = fit_images(load_processor(base, revision), params.model.image_fit)
     dd = load_dataset_dir(dataset_dir)
     train = dd["train"]
-    max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]))
+    sizes = [im.size for im in train["image"]] if varies_with_image(processor) else None
+    max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]), sizes)
     attn = pick_attn(t.attn_implementation)
     on_gpu = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun

@@ -1,6 +1,8 @@
 """The real LLaVA path, without the weights: a replica of llava-hf/llava-1.5-7b-hf built from its
 genuine config, processor, tokenizer and chat template (../shared/hub-configs) with tiny random
-weights, loaded through `from_pretrained` as the hub id is, and run through the whole pipeline.
+weights, loaded through `from_pretrained` as the hub id is, and run through the whole pipeline;
+the same for a stand-in of llava-hf/llava-v1.6-mistral-7b-hf (LLaVA-NeXT: anyres tiles, a
+variable image-token count), built from its reference values because its files were not found.
 
 The replica's weights are random, so nothing here says it reads: these tests prove the path
 (token counts, masks, padding, template, adapters, crop, registration), not the quality.
@@ -22,7 +24,7 @@ from tasks.modeling import (
     load_processor,
     prompt_text,
 )
-from tasks.replica import build_replica
+from tasks.replica import build_next_standin, build_replica
 from tests.conftest import SHARED, git_env, make_project, needs, small_params
 
 HUB_LLAVA = SHARED / "hub-configs" / "llava-1.5-7b-hf"
@@ -33,6 +35,11 @@ PROMPT = "Extract the receipt as JSON."
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory):
     return build_replica(HUB_LLAVA, tmp_path_factory.mktemp("hub") / "llava-1.5-7b-hf")
+
+
+@pytest.fixture(scope="module")
+def next_standin(tmp_path_factory):
+    return build_next_standin(HUB_LLAVA, tmp_path_factory.mktemp("hub") / "llava-v1.6-standin")
 
 
 def test_the_replica_loads_as_the_hub_model_does(replica):
@@ -86,10 +93,40 @@ def test_image_fit_survives_the_processor_saved_beside_the_adapter(replica, tmp_
     assert edge_marks(load_processor(str(tmp_path)), tall_receipt()) == (True, True)
 
 
+def test_llava_next_tiles_receipts_by_size_and_trains_on_a_mixed_batch(next_standin):
+    """anyres: the image-token count follows the receipt's size; records with different tile
+    counts share a batch (zero-padded tiles, image_sizes), and the 4-bit model trains on it."""
+    from tasks.modeling import varies_with_image
+    from tasks.train import ReceiptCollator, max_length_for
+
+    processor = load_processor(str(next_standin))
+    assert varies_with_image(processor)
+    assert prompt_text(processor, PROMPT) == f"[INST] <image>\n{PROMPT} [/INST]"
+    small, big = (192, 192), (700, 700)
+    counts = {size: image_token_count(processor, size) for size in (small, big)}
+    assert counts[small] < counts[big] and counts[small] > 576
+    records = [
+        {"id": f"r{i}", "image": Image.new("RGB", size, "white"), "target": '{"total":"1"}'}
+        for i, size in enumerate((small, big))
+    ]
+    targets = [r["target"] for r in records]
+    longest = max_length_for(processor, PROMPT, targets, [small, big])
+    batch = ReceiptCollator(processor, PROMPT, longest)(records)
+    assert batch["image_sizes"].tolist() == [[192, 192], [700, 700]]  # (height, width)
+    assert batch["pixel_values"].shape[:2] == (2, 5)  # 1 + 2 tiles, zero-padded; 1 + 4 tiles
+    assert ((batch["input_ids"] == 32000).sum(dim=1).tolist()) == [counts[small], counts[big]]
+    model = load_model(str(next_standin), quantization="nf4")
+    assert type(model).__name__ == "LlavaNextForConditionalGeneration"
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+
+
 @pytest.mark.slow
-def test_the_whole_pipeline_runs_on_the_replica(replica, tmp_path_factory):
+@pytest.mark.parametrize("which", ["llava-1.5", "llava-next"])
+def test_the_whole_pipeline_runs_on_the_replica(which, request, tmp_path_factory):
     """dvc repro with `model.base: <replica dir>`: 4-bit NF4 + LoRA on the language model only,
     evaluate, gate, merge, register (adapter + pinned base), then the pyfunc reads a receipt."""
+    replica = request.getfixturevalue("replica" if which == "llava-1.5" else "next_standin")
     from tasks.dataset import load_dataset_dir
     from tasks.evaluate import load_for_inference
     from tasks.generation import Settings, generate
@@ -128,7 +165,8 @@ def test_the_whole_pipeline_runs_on_the_replica(replica, tmp_path_factory):
         names = list(f.keys())
     assert names and all("language_model" in n and "lora_" in n for n in names)
 
-    # the processor trained with is the hub's, with the crop turned into a pad (image_fit)
+    # the processor trained with is the hub's, with the crop turned into a pad (image_fit;
+    # LLaVA-NeXT's tiles never crop)
     trained_with = load_processor(str(adapter))
     assert trained_with.image_processor.do_pad
     hub = load_processor(str(replica))
@@ -139,10 +177,15 @@ def test_the_whole_pipeline_runs_on_the_replica(replica, tmp_path_factory):
     dd = load_dataset_dir(project / "artifacts" / "dataset")
     records = [dd["train"][0], dd["train"][1]]
     targets = [r["target"] for r in records]
-    collator = ReceiptCollator(trained_with, PROMPT, max_length_for(trained_with, PROMPT, targets))
+    sizes = [r["image"].size for r in records]
+    collator = ReceiptCollator(
+        trained_with, PROMPT, max_length_for(trained_with, PROMPT, targets, sizes)
+    )
     batch = collator(records)
     eos = trained_with.tokenizer.eos_token_id
-    assert ((batch["input_ids"] == 32000).sum(dim=1) == 576).all()
+    tokens = [image_token_count(trained_with, r["image"].size) for r in records]
+    assert (batch["input_ids"] == 32000).sum(dim=1).tolist() == tokens
+    assert tokens == ([576, 576] if which == "llava-1.5" else tokens) and min(tokens) >= 576
     for row in range(2):
         mask = batch["attention_mask"][row]
         n = int(mask.sum())
