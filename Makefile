@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run data repro promote retrain bench test test-fast lint clean
+.PHONY: help setup run data repro recipe promote retrain bench test test-fast lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 
 repro: setup ## dvc repro (train .. register) on the current data/
 	dvc repro
+
+recipe: setup ## configs/$(RECIPE).yaml as one DVC experiment (GPU; HF_HUB_OFFLINE=0 to download)
+	@test -n "$(RECIPE)" || { echo "RECIPE=<name of a configs/*.yaml>"; exit 2; }
+	$(PY) -m tasks.recipe configs/$(RECIPE).yaml
 
 promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick one)
 	$(PY) -m tasks.promote $(if $(VERSION),--version $(VERSION))

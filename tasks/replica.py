@@ -18,8 +18,10 @@ its token counts, masks, padding, template and adapters are right, not that it r
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -173,6 +175,61 @@ def build_next_standin(
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+    return out_dir
+
+
+def build_cord_v2_replica(
+    cord_json_dir: str | Path,
+    sample_dir: str | Path,
+    out_dir: str | Path,
+    sizes: dict[str, int] | None = None,
+    max_side: int = 1280,
+) -> Path:
+    """A local replica of the naver-clova-ix/cord-v2 dataset repo, for `hf:<out_dir>`.
+
+    The hub layout (../shared/hub-configs/cord-v2/SCHEMA.md): `data/<split>-0000i-of-0000n-
+    <hash>.parquet` shards of `image` (Image) and `ground_truth` (a JSON string of gt_parse,
+    meta, valid_line, ...), a README with the licence and `dataset_infos.json`. Rows are real
+    CORD annotations (rendered, since CORD v1's photos are not here) plus the real sample
+    photo with its annotation, first in test; `sizes` takes the first n of each split (CORD
+    v1's dev annotations fill validation, then test). The hub's dataset_infos.json is left
+    out: `load_dataset` checks split sizes against it, and a replica is smaller."""
+    import datasets
+
+    from tasks.receipt_json import derive_gt_parse
+    from tasks.sources import cord_json, imagefolder
+
+    out_dir = Path(out_dir)
+    sizes = sizes or {"train": 800, "validation": 100, "test": 100}
+    rows: dict[str, list[dict[str, Any]]] = {split: [] for split in sizes}
+    for r in imagefolder.load(sample_dir):
+        rows["test"].append({"image": r.image_bytes, "ann": json.loads(r.ground_truth)})
+    for r in cord_json.load(cord_json_dir, max_side):
+        split = r.split or "train"
+        if split == "validation" and len(rows[split]) >= sizes[split]:
+            split = "test"
+        if split in rows and len(rows[split]) < sizes[split]:
+            rows[split].append({"image": r.image_bytes, "ann": json.loads(r.ground_truth)})
+    features = datasets.Features(
+        {"image": datasets.Image(), "ground_truth": datasets.Value("string")}
+    )
+    with atomic_dir(out_dir) as tmp:
+        (Path(tmp) / "data").mkdir()
+        for split, items in rows.items():
+            items = items[: sizes[split]]
+            gts = [
+                json.dumps({"gt_parse": derive_gt_parse(i["ann"]["valid_line"])} | i["ann"])
+                for i in items
+            ]
+            ds = datasets.Dataset.from_dict(
+                {
+                    "image": [{"bytes": i["image"], "path": None} for i in items],
+                    "ground_truth": gts,
+                },
+                features=features,
+            )
+            ds.to_parquet(str(Path(tmp) / "data" / f"{split}-00000-of-00001-replica.parquet"))
+        (Path(tmp) / "README.md").write_text("---\nlicense: cc-by-4.0\n---\n")
     return out_dir
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from tasks.sources import RawRecord
 
@@ -22,8 +23,9 @@ def load(dataset_id: str | None) -> list[RawRecord]:
     except (
         Exception
     ) as exc:  # offline: ConnectionError, LocalEntryNotFoundError, OfflineModeIsEnabled
+        hint = "" if Path(dataset_id).is_dir() else f"; {OFFLINE_HINT}"
         raise RuntimeError(
-            f"hf:{dataset_id}: could not load ({type(exc).__name__}: {exc}); {OFFLINE_HINT}"
+            f"hf:{dataset_id}: could not load ({type(exc).__name__}: {exc}){hint}"
         ) from exc
     records = []
     for split, ds in dd.items():

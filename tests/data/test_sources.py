@@ -1,6 +1,8 @@
 import json
+import re
 
 import pytest
+from PIL import Image
 
 from tasks.data import load_source, run_data
 from tasks.dataset import load_dataset_dir
@@ -8,7 +10,7 @@ from tasks.ingest import run_ingest
 from tasks.receipt_json import parse_target
 from tasks.sources import parse_source
 from tasks.sources.synthetic import generate
-from tests.conftest import CORD_JSON, CORD_SAMPLE, SAMPLE_GT_PARSE, needs, small_params
+from tests.conftest import CORD_JSON, CORD_SAMPLE, REPO, SAMPLE_GT_PARSE, needs, small_params
 
 
 def test_synthetic_generator_is_deterministic():
@@ -126,3 +128,49 @@ def test_cord_json_renders_and_carves_a_test_split(tmp_path):
         == load_dataset_dir(tmp_path / "ds2")["test"]["id"]
     )
     assert again == counts
+
+
+@needs(CORD_JSON)
+@needs(CORD_SAMPLE)
+def test_hf_source_reads_a_local_replica_of_the_cord_v2_hub_repo(tmp_path, monkeypatch):
+    """`hf:<dir>` through the same `datasets.load_dataset` call as `hf:naver-clova-ix/cord-v2`,
+    on parquet shards in the hub's layout and schema, made of real CORD annotations and the
+    real sample photo; then ingest and Great Expectations validation run on it."""
+    import datasets
+
+    from tasks.config import load_params
+    from tasks.receipt_json import price_violations
+    from tasks.replica import build_cord_v2_replica
+    from tasks.validate import ValidationFailed, run_validate
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    sizes = {"train": 6, "validation": 3, "test": 3}
+    hub = build_cord_v2_replica(CORD_JSON, CORD_SAMPLE, tmp_path / "cord-v2", sizes)
+    shards = sorted(p.name for p in (hub / "data").iterdir())
+    assert [s.split("-")[0] for s in shards] == ["test", "train", "validation"]
+    features = datasets.load_dataset(str(hub), split="train").features
+    assert features == datasets.Features(
+        {"image": datasets.Image(), "ground_truth": datasets.Value("string")}
+    )
+
+    p = load_params(REPO / "params.yaml")
+    run_data(p.data, tmp_path / "data", source=f"hf:{hub}")
+    counts = run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
+    assert counts == sizes
+    # Real annotations carry real slips (README: 30 of 900 fail the price rule): validation
+    # names exactly the records whose prices break it, and no other.
+    dd = load_dataset_dir(tmp_path / "ds")
+    slips = {
+        rid
+        for split in dd.values()
+        for rid, target in zip(split["id"], split["target"], strict=True)
+        if price_violations(json.loads(target))
+    }
+    assert slips  # the first 6 train receipts hold one: a negative change
+    with pytest.raises(ValidationFailed) as failed:
+        run_validate(p.validate_, tmp_path / "ds", tmp_path / "validation.json")
+    named = set(re.findall(r"cord-v2-[a-z]+-\d{5}", str(failed.value)))
+    assert named == slips
+    test = dd["test"]
+    assert json.loads(test["target"][0]) == SAMPLE_GT_PARSE  # the real photo's receipt
+    assert test[0]["image"].size == Image.open(next((CORD_SAMPLE / "images").iterdir())).size

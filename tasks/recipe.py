@@ -1,0 +1,97 @@
+"""Run a recipe (`configs/<name>.yaml`) as one DVC experiment: `make recipe RECIPE=<name>`.
+
+    python -m tasks.recipe configs/llava-1.5-7b.yaml [--print] [-- <more dvc exp run args>]
+
+A recipe holds only the keys that differ from params.yaml. They are merged over it and the
+result is validated as `Params` first (a misspelt key fails here, naming it, not an hour into
+a GPU run). Then `dvc exp run -n <name> -S key=value ...` sets each one: DVC records the
+experiment with its params, the data hash and the commit, and applies the result to the
+workspace (`dvc exp show` compares; `dvc exp branch` keeps one; `git checkout params.yaml`
+goes back to the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import Params
+
+
+def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train.lora_r": 8, ...}: every key that the recipe sets, as a dotted path."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= leaves(value, f"{path}.")
+        else:
+            out[path] = value
+    return out
+
+
+def merged(params_path: str | Path, recipe_path: str | Path) -> dict[str, Any]:
+    """params.yaml with the recipe's keys set, validated as Params (errors name the key)."""
+    base = yaml.safe_load(Path(params_path).read_text()) or {}
+    recipe = yaml.safe_load(Path(recipe_path).read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{recipe_path}: a recipe is a mapping of params.yaml keys")
+    for path, value in leaves(recipe).items():
+        node = base
+        *parents, last = path.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise ValueError(f"{recipe_path}: {path}: params.yaml has no section {key!r}")
+            node = node[key]
+        if last not in node:
+            raise ValueError(f"{recipe_path}: {path}: params.yaml has no such key")
+        node[last] = value
+    try:
+        Params.model_validate(base)
+    except Exception as exc:
+        raise ValueError(f"{recipe_path}: the merged params are invalid:\n{exc}") from exc
+    return base
+
+
+def set_param(path: str, value: Any) -> str:
+    """One `-S` override, in the Hydra override grammar that DVC parses: strings quoted (a
+    regex's `|`, `(` and `\\` would otherwise be grammar), lists and numbers as YAML/JSON."""
+    if isinstance(value, str):
+        quoted = "'" + value.replace("'", "\\'") + "'"
+        return f"{path}={quoted}"
+    return f"{path}={'null' if value is None else json.dumps(value)}"
+
+
+def command(recipe_path: str | Path, params_path: str | Path = "params.yaml") -> list[str]:
+    merged(params_path, recipe_path)  # validate before anything runs
+    recipe = yaml.safe_load(Path(recipe_path).read_text()) or {}
+    cmd = ["dvc", "exp", "run", "-n", Path(recipe_path).stem]
+    for path, value in leaves(recipe).items():
+        cmd += ["-S", set_param(path, value)]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("recipe", help="configs/<name>.yaml")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--print", action="store_true", help="print the dvc command, run nothing")
+    ap.add_argument("extra", nargs="*", help="more `dvc exp run` arguments, after --")
+    args = ap.parse_args(argv)
+    cmd = command(args.recipe, args.params) + args.extra
+    print(shlex.join(cmd), flush=True)
+    if not args.print:
+        sys.exit(subprocess.run(cmd).returncode)
+
+
+if __name__ == "__main__":
+    main()
