@@ -41,7 +41,7 @@ HUB_FILES = (
     "tokenizer_config.json",
 )
 # Layer sizes only: what the processor, tokenizer and prompt depend on is never changed.
-DIMS = {
+DIMS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "text": {
             "hidden_size": 64,
@@ -78,9 +78,16 @@ def build_replica(
     for key, value in DIMS[dims]["vision"].items():
         setattr(config.vision_config, key, value)
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    # 7B-sized: bf16 (as the hub's float16 checkpoint, 14 GB), built on the GPU when there is one
+    big = dims != "tiny"
+    device = "cuda" if big and torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(config)
+    if big:
+        model = model.to(torch.bfloat16)  # type: ignore[arg-type]
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        del model
         for name in HUB_FILES:  # after save_pretrained: the hub's generation config wins
             if (hub_files / name).is_file():
                 shutil.copy(hub_files / name, Path(tmp) / name)
@@ -125,7 +132,7 @@ def build_next_standin(
     llava15_files, out_dir = Path(llava15_files), Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(llava15_files)
     tokenizer.chat_template = NEXT_CHAT_TEMPLATE
-    text = {
+    text: dict[str, Any] = {
         "vocab_size": 32064,
         "max_position_embeddings": 32768,
         "rope_theta": 1_000_000.0,
@@ -133,20 +140,27 @@ def build_next_standin(
         "num_key_value_heads": 8,
         "intermediate_size": 14336,
     }
-    vision = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "num_hidden_layers": 24}
+    vision: dict[str, Any] = {
+        "image_size": 336,
+        "patch_size": 14,
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+    }
     if dims == "tiny":
         text |= DIMS["tiny"]["text"] | {"num_key_value_heads": 2}
         vision |= DIMS["tiny"]["vision"]
+    # as the hub's config.json has them (pad_token_id and use_image_newline_parameter included)
+    hub_keys: dict[str, Any] = {
+        "image_token_index": 32000,
+        "pad_token_id": 32001,
+        "image_grid_pinpoints": NEXT_PINPOINTS,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default",
+        "use_image_newline_parameter": True,
+        "tie_word_embeddings": False,
+    }
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**vision),
-        text_config=MistralConfig(**text),
-        image_token_index=32000,
-        pad_token_id=32001,
-        image_grid_pinpoints=NEXT_PINPOINTS,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        use_image_newline_parameter=True,
-        tie_word_embeddings=False,
+        vision_config=CLIPVisionConfig(**vision), text_config=MistralConfig(**text), **hub_keys
     )
     torch.manual_seed(seed)
     model = LlavaNextForConditionalGeneration(config)

@@ -40,3 +40,22 @@ def test_7b_config_has_llava_1_5_shapes():
         11008,
         32064,
     )
+
+
+def test_gpu_smoke_runs_the_7b_recipe_on_a_replica_at_tiny_size(tmp_path):
+    """bench/gpu_smoke.py with --dims tiny: the replica, the 7B recipe's QLoRA (no
+    modules_to_save, attention-only LoRA), 576 image tokens; on a GPU the same with 7B sizes."""
+    import pytest
+
+    from bench.gpu_smoke import HUB_FILES
+    from bench.gpu_smoke import main as smoke
+
+    if not HUB_FILES.is_dir():
+        pytest.skip(f"{HUB_FILES} absent (the genuine hub files live beside the repo)")
+    out = tmp_path / "smoke.json"
+    result = smoke(["--dims", "tiny", "--steps", "1", "--records", "4", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["image_tokens"] == 576
+    assert result["train"]["steps"] == 1 and result["train"]["quantization"] == "nf4"
+    assert result["params"]["train"]["modules_to_save"] == []
+    assert set(result["seconds"]) == {"replica", "data", "ingest", "base", "train", "evaluate"}

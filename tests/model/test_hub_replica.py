@@ -109,7 +109,7 @@ def test_llava_next_tiles_receipts_by_size_and_trains_on_a_mixed_batch(next_stan
         {"id": f"r{i}", "image": Image.new("RGB", size, "white"), "target": '{"total":"1"}'}
         for i, size in enumerate((small, big))
     ]
-    targets = [r["target"] for r in records]
+    targets: list[str] = [str(r["target"]) for r in records]
     longest = max_length_for(processor, PROMPT, targets, [small, big])
     batch = ReceiptCollator(processor, PROMPT, longest)(records)
     assert batch["image_sizes"].tolist() == [[192, 192], [700, 700]]  # (height, width)
