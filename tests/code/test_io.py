@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tasks.io import atomic_dir, write_json_atomic
+from tasks.io import atomic_dir, write_json_atomic, write_text_atomic
 
 
 @pytest.fixture
@@ -45,3 +45,22 @@ def test_a_full_disk_keeps_the_previous_directory(tiny_disk):
     assert err.value.errno == 28
     assert [p.name for p in out.iterdir()] == ["adapter_config.json"]
     assert [p.name for p in out.parent.iterdir()] == ["adapter"]  # no temp dir left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_atomic_outputs_get_the_mode_a_plain_mkdir_or_open_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        (tmp_path / "plain-dir").mkdir()
+        (tmp_path / "plain-file").write_text("x")
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+        write_text_atomic(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+
+    def mode(p):
+        return p.stat().st_mode & 0o777
+
+    assert mode(tmp_path / "out") == mode(tmp_path / "plain-dir") == 0o777 & ~umask
+    assert mode(tmp_path / "report.json") == mode(tmp_path / "plain-file") == 0o666 & ~umask

@@ -174,3 +174,77 @@ def test_hf_source_reads_a_local_replica_of_the_cord_v2_hub_repo(tmp_path, monke
     test = dd["test"]
     assert json.loads(test["target"][0]) == SAMPLE_GT_PARSE  # the real photo's receipt
     assert test[0]["image"].size == Image.open(next((CORD_SAMPLE / "images").iterdir())).size
+
+
+def _imagefolder(root, rows, images=()):
+    """An imagefolder source at root: metadata rows, and a small PNG at each path in images."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel in images:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 60), "white").save(root / rel)
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+GT = json.dumps({"gt_parse": {"total": {"total_price": "1,000"}}})
+
+
+@pytest.mark.parametrize("trick", ["absolute", "dotdot", "symlink"])
+def test_an_imagefolder_source_reads_nothing_outside_its_directory(tmp_path, trick):
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (40, 60), "red").save(secret)
+    src = tmp_path / "src"
+    src.mkdir()
+    name = {"absolute": str(secret), "dotdot": "../secret.png", "symlink": "link.png"}[trick]
+    if trick == "symlink":
+        (src / "link.png").symlink_to(secret)
+    _imagefolder(
+        src,
+        [{"file_name": "ok.png", "ground_truth": GT}, {"file_name": name, "ground_truth": GT}],
+        ["ok.png"],
+    )
+    p = small_params()
+    with pytest.raises(
+        ValueError,
+        match=r"metadata\.jsonl:2: record '(secret|link)': field 'file_name' .* outside the source directory",
+    ):
+        run_data(p.data, tmp_path / "data", source=f"imagefolder:{src}")
+    assert not (tmp_path / "data").exists()  # nothing written, nothing versioned
+
+
+def test_the_same_file_name_in_two_subfolders_is_two_records(tmp_path):
+    src = _imagefolder(
+        tmp_path / "src",
+        [{"file_name": f"{d}/same.png", "ground_truth": GT, "split": "train"} for d in "ab"],
+        ["a/same.png", "b/same.png"],
+    )
+    records = load_source(f"imagefolder:{src}", small_params().data)
+    assert [r.id for r in records] == ["a__same", "b__same"]
+    assert all(r.image_bytes for r in records)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            '["images/x.png", "gt"]',
+            r"metadata\.jsonl:1: a metadata line is a JSON object, not list",
+        ),
+        (
+            json.dumps({"file_name": 7, "ground_truth": GT}),
+            r"metadata\.jsonl:1: field 'file_name' must be a relative path, got 7",
+        ),
+    ],
+)
+def test_a_bad_metadata_line_is_named_not_a_traceback(tmp_path, line, message):
+    src = _imagefolder(tmp_path / "src", [line])
+    with pytest.raises(ValueError, match=message):
+        load_source(f"imagefolder:{src}", small_params().data)
+
+
+def test_a_utf8_bom_in_metadata_is_read(tmp_path):
+    src = _imagefolder(tmp_path / "src", [{"file_name": "x.png", "ground_truth": GT}], ["x.png"])
+    meta = src / "metadata.jsonl"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    assert [r.id for r in load_source(f"imagefolder:{src}", small_params().data)] == ["x"]
