@@ -10,10 +10,11 @@ import argparse
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageStat, UnidentifiedImageError
 
 from tasks.config import load_params
 from tasks.generation import Settings, answers
@@ -23,19 +24,54 @@ class BadImage(ValueError):
     pass
 
 
+class BadModel(ValueError):
+    pass
+
+
+# Input far from a receipt gets a warning beside its answer (the model answers anyway).
+BLANK_STDDEV = 3.0  # grey-level standard deviation below which an image is nearly blank
+MAX_ASPECT = 8.0  # long side / short side above which it is no receipt photo or scan
+
+
 def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Decode an image from a path or bytes; a clear error for a missing or corrupt file."""
+    """Decode an image from a path or bytes; one clear line for anything that is not one."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except FileNotFoundError as exc:
         raise BadImage(f"{label}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise BadImage(f"{label}: is a directory, not an image") from exc
+    except PermissionError as exc:
+        raise BadImage(f"{label}: cannot be read (permission denied)") from exc
+    if not data:
+        raise BadImage(f"{label}: empty file (0 bytes), not an image")
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise BadImage(f"{label}: not a readable image ({exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(
+            f"{label}: too large to open safely ({exc}); the limit is "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels (tasks.MAX_IMAGE_PIXELS)"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc
     return img.convert("RGB")
+
+
+def receipt_warnings(image: Image.Image) -> list[str]:
+    """Why this input may be far from a receipt: nearly blank, or an extreme aspect ratio."""
+    out = []
+    spread = ImageStat.Stat(image.convert("L")).stddev[0]
+    if spread < BLANK_STDDEV:
+        out.append(f"nearly blank: grey-level standard deviation {spread:.1f} < {BLANK_STDDEV}")
+    w, h = image.size
+    ratio = max(w, h) / max(1, min(w, h))
+    if ratio > MAX_ASPECT:
+        out.append(f"extreme aspect ratio {ratio:.1f}:1 ({w}x{h}) > {MAX_ASPECT}:1")
+    return out
 
 
 class ReceiptReader:
@@ -69,7 +105,13 @@ class ReceiptReader:
 
         outputs = answers(self.model, self.processor, images, self.settings)
         return [
-            {"json": parse_target(o), "valid_json": is_valid_json(o), "raw": o} for o in outputs
+            {
+                "json": parse_target(o),
+                "valid_json": is_valid_json(o),
+                "raw": o,
+                "warnings": receipt_warnings(im),
+            }
+            for o, im in zip(outputs, images, strict=True)
         ]
 
 
@@ -80,18 +122,37 @@ def predict(model: str, paths: list[str], settings: Settings) -> list[dict[str, 
     if model.startswith(("models:/", "runs:/")):
         import mlflow.pyfunc
         import pandas as pd
+        from mlflow.exceptions import MlflowException
 
         from tasks.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri())
-        pyfunc = mlflow.pyfunc.load_model(model)
+        try:
+            pyfunc = mlflow.pyfunc.load_model(model)
+        except MlflowException as exc:
+            raise BadModel(
+                f"{model}: cannot load it from {tracking_uri()} ({exc.message})"
+            ) from exc
         frame = pyfunc.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
+        # versions registered before the warnings column: computed here, the same way
+        said = frame["warnings"] if "warnings" in frame else [None] * len(paths)
         return [
-            {"image": p, "json": json.loads(j), "valid_json": bool(v), "raw": r}
-            for p, j, v, r in zip(
-                paths, frame["json"], frame["valid_json"], frame["raw"], strict=True
+            {
+                "image": p,
+                "json": json.loads(j),
+                "valid_json": bool(v),
+                "raw": r,
+                "warnings": json.loads(w) if w is not None else receipt_warnings(im),
+            }
+            for p, j, v, r, w, im in zip(
+                paths, frame["json"], frame["valid_json"], frame["raw"], said, images, strict=True
             )
         ]
+    if not (Path(model) / "config.json").is_file():
+        raise BadModel(
+            f"{model}: no model directory here (config.json missing); `make run` writes "
+            "artifacts/merged, or give a registry URI such as models:/receipt-llava@champion"
+        )
     reader = ReceiptReader(model, settings)
     return [{"image": p, **r} for p, r in zip(paths, reader.read(images), strict=True)]
 
@@ -110,16 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings.from_params(load_params(args.params))
         results = predict(args.model, args.images, settings)
-    except BadImage as exc:
+    except (BadImage, BadModel) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)
     for r in results:
-        print(
-            json.dumps(
-                {"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]},
-                ensure_ascii=False,
-            )
-        )
+        row = {"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]}
+        if r["warnings"]:
+            row["warnings"] = r["warnings"]
+            print(f"predict: {r['image']}: warning: {'; '.join(r['warnings'])}", file=sys.stderr)
+        print(json.dumps(row, ensure_ascii=False))
 
 
 if __name__ == "__main__":

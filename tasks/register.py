@@ -54,7 +54,12 @@ def _signature():
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image")]),
         outputs=Schema(
-            [ColSpec("string", "json"), ColSpec("boolean", "valid_json"), ColSpec("string", "raw")]
+            [
+                ColSpec("string", "json"),
+                ColSpec("boolean", "valid_json"),
+                ColSpec("string", "raw"),
+                ColSpec("string", "warnings"),
+            ]
         ),
     )
 

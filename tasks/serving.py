@@ -3,7 +3,8 @@
 Logged from this file (`python_model="tasks/serving.py"`): a pyfunc class defined in
 __main__ does not pickle. Input: a DataFrame with an `image` column of PNG/JPEG bytes
 (base64 strings over `mlflow models serve`'s JSON). Output: `json` (the parsed receipt as
-JSON text), `valid_json`, and `raw` (the model's text).
+JSON text), `valid_json`, `raw` (the model's text) and `warnings` (a JSON list: why the input
+may be far from a receipt, e.g. nearly blank).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class ReceiptModel(PythonModel):
                 "json": [json.dumps(r["json"], ensure_ascii=False) for r in rows],
                 "valid_json": [r["valid_json"] for r in rows],
                 "raw": [r["raw"] for r in rows],
+                # far from a receipt (nearly blank, extreme aspect ratio): a JSON list, often []
+                "warnings": [json.dumps(r["warnings"]) for r in rows],
             }
         )
 

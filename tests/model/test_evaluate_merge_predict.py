@@ -91,6 +91,7 @@ def test_the_served_pyfunc_answers_exactly_as_evaluate_did(
         pd.DataFrame({"image": frame})
     )
     assert list(served["raw"]) == evaluated
+    assert [json.loads(w) for w in served["warnings"]] == [[]] * len(frame)  # receipts, all
 
 
 def test_open_image_errors_are_clear(tmp_path):
