@@ -11,6 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+# Pillow's decompression-bomb guard, set on purpose for every step (each imports this module):
+# 100 MP holds a 8,000 x 12,000 scan of a long receipt. Pillow warns above it and refuses at
+# twice it; `tasks.predict.open_image` (predict and serving) refuses above it.
+MAX_IMAGE_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
 
 def _umask() -> int:
     """The process's umask (reading it means setting it: set it straight back)."""

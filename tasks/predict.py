@@ -18,6 +18,7 @@ from PIL import Image, ImageStat, UnidentifiedImageError
 
 from tasks.config import load_params
 from tasks.generation import Settings, answers
+from tasks.io import MAX_IMAGE_PIXELS  # importing it sets Pillow's limit
 
 
 class BadImage(ValueError):
@@ -54,7 +55,7 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(
             f"{label}: too large to open safely ({exc}); the limit is "
-            f"{Image.MAX_IMAGE_PIXELS:,} pixels (tasks.MAX_IMAGE_PIXELS)"
+            f"{Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS:,} pixels (tasks.io.MAX_IMAGE_PIXELS)"
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc

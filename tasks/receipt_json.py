@@ -219,14 +219,70 @@ def schema_violations(gt_parse: Any) -> list[str]:
     return bad
 
 
+# Fields that hold a count: ['x', '1'] there is one value split into tokens.
+COUNT_FIELDS = ("cnt", "menutype_cnt", "menuqty_cnt")
+
+
+def _is_amount(text: str) -> bool:
+    try:
+        parse_price(text.strip().lstrip("*"))
+    except ValueError:
+        return text.strip() == "-"
+    return True
+
+
+def type_violations(gt_parse: Any) -> list[str]:
+    """Values that are not what CORD writes: every leaf a string (a field repeated within a group
+    is a list of strings, as cord-v2 writes a second subtotal or cash line). A count or price
+    list with a piece that is no number on its own (['x', '1'], ['Rp', '19.000']) is one value
+    split into tokens."""
+    if not isinstance(gt_parse, dict):
+        return []  # schema_violations reports it
+    bad = []
+    for path, _key, value in iter_fields(gt_parse):
+        if not isinstance(value, str):
+            bad.append(f"{path}={value!r} ({type(value).__name__}, not a string)")
+    for path, key, value in _lists(gt_parse):
+        texts = [v for v in value if isinstance(v, str)]
+        if key in COUNT_FIELDS:
+            split = any(not re.fullmatch(r"\d+(?:[.,]\d+)?", v.strip()) for v in texts)
+        else:
+            split = is_price_field(key) and any(not _is_amount(v) for v in texts)
+        if split:
+            bad.append(f"{path}={value!r} (one value split into tokens)")
+    return bad
+
+
+def _lists(node: Any, path: str = ""):
+    """(path, key, list) for every field whose value is a list of non-objects."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else k
+            if isinstance(v, list) and v and not any(isinstance(x, (dict, list)) for x in v):
+                yield p, k, v
+            else:
+                yield from _lists(v, p)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _lists(v, f"{path}[{i}]")
+
+
 def price_violations(gt_parse: dict[str, Any]) -> list[str]:
-    """Price fields that do not parse as numbers, or are negative outside discounts and voids."""
+    """Price fields that do not parse as numbers, or are negative outside discounts and voids.
+
+    Written as real receipts write them, these pass: a leading `*` (`*46,000`), `-` for none
+    (`tax_price='-'`), and a percentage on a discount line (`discount_price='100%'`)."""
     bad = []
     for path, key, value in iter_fields(gt_parse):
-        if not is_price_field(key):
+        if not is_price_field(key) or not isinstance(value, str):
+            continue  # type_violations reports non-strings
+        text = value.strip()
+        if text == "-":
+            continue
+        if "discount" in key and re.fullmatch(r"-?\d{1,3}(?:[.,]\d+)?\s*%", text):
             continue
         try:
-            amount = parse_price(value)
+            amount = parse_price(text.lstrip("*"))
         except ValueError:
             bad.append(f"{path}={value!r} (not a number)")
             continue

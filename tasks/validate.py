@@ -20,7 +20,7 @@ import pandas as pd
 from tasks.config import ValidateParams, load_params
 from tasks.dataset import SPLITS, load_dataset_dir
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
-from tasks.receipt_json import price_violations, schema_violations
+from tasks.receipt_json import price_violations, schema_violations, type_violations
 
 
 class ValidationFailed(RuntimeError):
@@ -63,6 +63,8 @@ def record_table(dataset_dir: str | Path) -> pd.DataFrame:
             price_bad = price_violations(gt) if gt is not None else []
             row["schema_ok"], row["schema_error"] = not schema_bad, "; ".join(schema_bad)
             row["prices_ok"], row["price_error"] = not price_bad, "; ".join(price_bad)
+            type_bad = type_violations(gt) if gt is not None else []
+            row["types_ok"], row["type_error"] = not type_bad, "; ".join(type_bad)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -103,6 +105,7 @@ def _suites(p: ValidateParams):
         must_hold("has_gt_parse", "gt_error", "ground truth has gt_parse"),
         must_hold("schema_ok", "schema_error", "gt_parse keys within CORD's schema"),
         must_hold("prices_ok", "price_error", "price fields parse as non-negative numbers"),
+        must_hold("types_ok", "type_error", "values are strings, counts and prices one each"),
         gxe.ExpectColumnValueLengthsToBeBetween(
             column="target", min_value=3, meta=why("gt_error", "target is not empty")
         ),

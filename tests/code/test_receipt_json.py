@@ -10,6 +10,7 @@ from tasks.receipt_json import (
     price_violations,
     schema_violations,
     to_target,
+    type_violations,
 )
 from tests.conftest import CORD_JSON, CORD_SAMPLE, SAMPLE_GT_PARSE, needs
 
@@ -173,3 +174,41 @@ def test_round_trip_on_every_real_cord_annotation():
     for path in files:
         gt = derive_gt_parse(json.loads(path.read_text())["valid_line"])
         assert parse_target(to_target(gt)) == gt, path.name
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("total_price", "*46,000"),  # a leading star, as some printers mark totals
+        ("tax_price", "-"),  # a dash for "no tax"
+        ("cashprice", " 50,000 "),
+    ],
+)
+def test_price_rule_accepts_how_real_receipts_write_amounts(field, value):
+    assert price_violations({"total" if "tax" not in field else "sub_total": {field: value}}) == []
+
+
+def test_price_rule_accepts_a_percentage_only_on_a_discount_line():
+    assert price_violations({"sub_total": {"discount_price": "100%"}}) == []
+    assert price_violations({"sub_total": {"tax_price": "10%"}}) == [
+        "sub_total.tax_price='10%' (not a number)"
+    ]
+
+
+def test_value_types_follow_cords_schema():
+    assert type_violations({"menu": {"nm": ["NASI", "GORENG"], "cnt": "1", "price": "8,500"}}) == []
+    assert type_violations({"menu": {"nm": 42, "cnt": 1, "price": 8500}}) == [
+        "menu.nm=42 (int, not a string)",
+        "menu.cnt=1 (int, not a string)",
+        "menu.price=8500 (int, not a string)",
+    ]
+    assert type_violations({"menu": [{"nm": "A", "cnt": ["x", "1"]}]}) == [
+        "menu[0].cnt=['x', '1'] (one value split into tokens)"
+    ]
+    assert type_violations({"sub_total": {"subtotal_price": ["Rp", "19.000"]}}) == [
+        "sub_total.subtotal_price=['Rp', '19.000'] (one value split into tokens)"
+    ]
+    # a field printed twice is a list of whole values, as cord-v2 writes it: no violation
+    assert (
+        type_violations({"total": {"cashprice": ["100,000", "100,000"], "menuqty_cnt": "2"}}) == []
+    )

@@ -55,7 +55,7 @@ def with_gt(records, index, mutate):
 def test_good_data_passes_and_writes_report_and_data_docs(tmp_path, good_records):
     report = validate(good_records, tmp_path)
     assert report["success"] and report["splits"] == {"train": 12, "validation": 4, "test": 4}
-    assert len(report["expectations"]) == 10 and all(e["success"] for e in report["expectations"])
+    assert len(report["expectations"]) == 11 and all(e["success"] for e in report["expectations"])
     assert (tmp_path / "docs" / "index.html").is_file()
 
 
@@ -129,3 +129,16 @@ def test_empty_split_is_named(tmp_path, good_records):
 def test_split_above_bound_is_named(tmp_path, good_records):
     message, _ = failing(tmp_path, good_records, max_split_size=10)
     assert "train: 12" in message
+
+
+def test_values_that_are_not_strings_are_named(tmp_path, good_records):
+    def mutate(gt):
+        gt["menu"] = {"nm": 42, "cnt": ["x", "1"], "price": "8,500"}
+
+    bad_id = good_records[2].id
+    message, failed = failing(tmp_path, with_gt(good_records, 2, mutate))
+    assert (
+        f"{bad_id}: menu.nm=42 (int, not a string); menu.cnt=['x', '1'] (one value split" in message
+    )
+    rule = "values are strings, counts and prices one each"
+    assert [o["id"] for o in failed[rule]["offending"]] == [bad_id]
