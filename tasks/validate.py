@@ -58,6 +58,7 @@ def record_table(dataset_dir: str | Path) -> pd.DataFrame:
             row["gt_is_json"] = not gt_error.startswith("ground_truth: not JSON")
             row["has_gt_parse"] = not gt_error
             row["gt_error"] = gt_error
+            row["annotation_sha256"] = annotation_digest(r["ground_truth"])
             gt = json.loads(r["target"]) if r["target"] else None
             schema_bad = schema_violations(gt) if gt is not None else []
             price_bad = price_violations(gt) if gt is not None else []
@@ -67,6 +68,26 @@ def record_table(dataset_dir: str | Path) -> pd.DataFrame:
             row["types_ok"], row["type_error"] = not type_bad, "; ".join(type_bad)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def annotation_digest(ground_truth: str) -> str | None:
+    """The content of a word-level annotation (each word's text and quad, in order), hashed: the
+    same receipt twice, even when its rendered images differ (each rendering gets paper
+    texture seeded by its record id, so image hashes never match). None without valid_line."""
+    try:
+        lines = json.loads(ground_truth).get("valid_line")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(lines, list) or not lines:
+        return None
+    words = [
+        [w.get("text"), w.get("quad")]
+        for line in lines
+        if isinstance(line, dict)
+        for w in line.get("words") or []
+        if isinstance(w, dict)
+    ]
+    return hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()
 
 
 def split_table(records: pd.DataFrame) -> pd.DataFrame:
@@ -111,6 +132,13 @@ def _suites(p: ValidateParams):
         ),
         gxe.ExpectColumnValuesToBeUnique(
             column="image_sha256", meta=why("split", "no image duplicated within or across splits")
+        ),
+        # null (no word-level annotation: synthetic, cord-v2) is not checked
+        gxe.ExpectColumnValuesToBeUnique(
+            column="annotation_sha256",
+            meta=why(
+                "split", "no annotation (words and their boxes) duplicated in or across splits"
+            ),
         ),
     ]
     splits = [

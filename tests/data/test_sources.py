@@ -157,7 +157,7 @@ def test_hf_source_reads_a_local_replica_of_the_cord_v2_hub_repo(tmp_path, monke
     run_data(p.data, tmp_path / "data", source=f"hf:{hub}")
     counts = run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
     assert counts == sizes
-    # Real annotations carry real slips (README: 49 of 900 fail a rule): validation
+    # Real annotations carry real slips (README: 53 of 900 fail a rule): validation
     # names exactly the records whose prices or value types break one, and no other.
     dd = load_dataset_dir(tmp_path / "ds")
     slips = {

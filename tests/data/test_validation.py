@@ -55,7 +55,7 @@ def with_gt(records, index, mutate):
 def test_good_data_passes_and_writes_report_and_data_docs(tmp_path, good_records):
     report = validate(good_records, tmp_path)
     assert report["success"] and report["splits"] == {"train": 12, "validation": 4, "test": 4}
-    assert len(report["expectations"]) == 11 and all(e["success"] for e in report["expectations"])
+    assert len(report["expectations"]) == 12 and all(e["success"] for e in report["expectations"])
     assert (tmp_path / "docs" / "index.html").is_file()
 
 
@@ -142,3 +142,37 @@ def test_values_that_are_not_strings_are_named(tmp_path, good_records):
     )
     rule = "values are strings, counts and prices one each"
     assert [o["id"] for o in failed[rule]["offending"]] == [bad_id]
+
+
+def annotation(text: str) -> dict:
+    """A minimal CORD word-level annotation: one total line."""
+    quad = {"x1": 10, "y1": 10, "x2": 90, "y2": 10, "x3": 90, "y3": 30, "x4": 10, "y4": 30}
+    words = [{"quad": quad, "is_key": 0, "row_id": 1, "text": text}]
+    line = {"words": words, "category": "total.total_price", "group_id": 1}
+    return {"valid_line": [line], "meta": {"image_size": {"width": 200, "height": 300}}}
+
+
+def test_the_same_annotation_in_two_splits_is_named_though_its_renderings_differ(
+    tmp_path, good_records
+):
+    """Rendered sources draw each receipt on paper seeded by its id: image hashes differ, the
+    annotation (words and boxes) does not."""
+    from tasks.sources.cord_json import render_annotation
+
+    twin = annotation("12,000")
+    extra = [
+        RawRecord(rid, split, render_annotation(twin, rid, 400), json.dumps(twin))
+        for rid, split in (("cord-train-a", "train"), ("cord-test-a", "test"))
+    ]
+    assert extra[0].image_bytes != extra[1].image_bytes
+    other = annotation("13,000")
+    extra.append(
+        RawRecord("cord-train-b", "train", render_annotation(other, "b", 400), json.dumps(other))
+    )
+    message, failed = failing(tmp_path, good_records + extra)
+    rule = "no annotation (words and their boxes) duplicated in or across splits"
+    assert {o["id"]: o["split"] for o in failed[rule]["offending"]} == {
+        "cord-train-a": "train",
+        "cord-test-a": "test",
+    }
+    assert "cord-test-a" in message and "cord-train-b" not in message
