@@ -69,6 +69,11 @@ def read_snapshot(raw_dir: Path, p: IngestParams) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, KeyError) as exc:
             raise ValueError(f"{meta}:{n}: bad metadata row ({exc!r})") from exc
         image_path = raw_dir / file_name
+        split = m.get("split")
+        if split is not None and not isinstance(split, str):
+            raise ValueError(
+                f"{meta}:{n}: record {Path(file_name).stem!r}: field split={split!r} is not a name"
+            )
         gt_parse, error = gt_parse_of(ground_truth)
         rows.append(
             {

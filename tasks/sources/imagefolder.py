@@ -35,6 +35,9 @@ def _rows(meta: Path) -> list[tuple[str, dict]]:
             raise ValueError(
                 f"{where}: field 'file_name' must be a relative path, got {row['file_name']!r}"
             )
+        split = row.get("split")
+        if split is not None and not isinstance(split, str):
+            raise ValueError(f"{where}: field 'split' must be a split name, got {split!r}")
         rows.append((where, row))
     return rows
 
@@ -48,6 +51,8 @@ def load(directory: str | Path) -> list[RawRecord]:
     rows = _rows(meta)
     names = [PurePosixPath(row["file_name"].replace("\\", "/")) for _, row in rows]
     for (where, row), name in zip(rows, names, strict=True):
+        if name.name in ("", ".", "..") or any(ord(c) < 32 for c in str(name)):
+            raise ValueError(f"{where}: field 'file_name' {row['file_name']!r} names no file")
         if name.is_absolute() or not (root / name).resolve().is_relative_to(inside):
             raise ValueError(
                 f"{where}: record {name.stem!r}: field 'file_name' {row['file_name']!r} is "

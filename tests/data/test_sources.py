@@ -235,6 +235,14 @@ def test_the_same_file_name_in_two_subfolders_is_two_records(tmp_path):
             json.dumps({"file_name": 7, "ground_truth": GT}),
             r"metadata\.jsonl:1: field 'file_name' must be a relative path, got 7",
         ),
+        (  # found by tests/data/test_fuzz_sources.py
+            json.dumps({"file_name": ".", "ground_truth": GT}),
+            r"metadata\.jsonl:1: field 'file_name' '\.' names no file",
+        ),
+        (  # found by tests/data/test_fuzz_sources.py
+            json.dumps({"file_name": "x.png", "ground_truth": GT, "split": 5}),
+            r"metadata\.jsonl:1: field 'split' must be a split name, got 5",
+        ),
     ],
 )
 def test_a_bad_metadata_line_is_named_not_a_traceback(tmp_path, line, message):
