@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks.config import IngestParams, load_params
 from tasks.dataset import SPLITS
-from tasks.io import atomic_dir, quiet_telemetry
+from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
 from tasks.receipt_json import derive_gt_parse, to_target
 
 _SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "tst": "test"}
@@ -46,16 +46,26 @@ def gt_parse_of(ground_truth: str) -> tuple[dict[str, Any] | None, str]:
     return None, "ground_truth: no gt_parse (and no valid_line to derive it from)"
 
 
-def carve(rows: list[dict[str, Any]], split: str, size: int, seed: int) -> None:
-    """Move `size` train records (a seeded, id-ordered draw) into `split`, in place."""
+CARVE_FILE = "carve.json"  # beside the saved dataset: what ingest carved, for validation's messages
+
+
+def carve(rows: list[dict[str, Any]], split: str, size: int, seed: int) -> dict[str, Any]:
+    """Move `size` train records (a seeded, id-ordered draw) into `split`, in place; return
+    what was done (`moved` 0 when train has too few: validation then names the empty split)."""
     train = sorted((r for r in rows if r["split"] == "train"), key=lambda r: r["id"])
+    done = {"into": split, "from": "train", "asked": size, "moved": 0, "train_before": len(train)}
     if len(train) <= size:
-        return  # too few to carve: validation reports the empty split by name
+        return done
     for r in random.Random(f"{seed}-{split}").sample(train, size):
         r["split"] = split
+    return {**done, "moved": size}
 
 
-def read_snapshot(raw_dir: Path, p: IngestParams) -> list[dict[str, Any]]:
+def read_snapshot(
+    raw_dir: Path, p: IngestParams, carves: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The snapshot's records, with test/validation carved from train where the source has
+    none (each carve appended to `carves`)."""
     meta = raw_dir / "metadata.jsonl"
     if not meta.is_file():
         raise FileNotFoundError(f"ingest: {meta} not found; create data with `make data`")
@@ -74,13 +84,18 @@ def read_snapshot(raw_dir: Path, p: IngestParams) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{meta}:{n}: record {Path(file_name).stem!r}: field split={split!r} is not a name"
             )
+        if not image_path.is_file():
+            raise ValueError(
+                f"{meta}:{n}: record {Path(file_name).stem!r}: field file_name={file_name!r} "
+                "names no file in the snapshot"
+            )
         gt_parse, error = gt_parse_of(ground_truth)
         rows.append(
             {
                 "id": Path(file_name).stem,
                 "split": normalise_split(m.get("split")),
                 "image": {
-                    "bytes": image_path.read_bytes() if image_path.is_file() else b"",
+                    "bytes": image_path.read_bytes(),
                     "path": None,
                 },
                 "prompt": p.prompt,
@@ -90,10 +105,16 @@ def read_snapshot(raw_dir: Path, p: IngestParams) -> list[dict[str, Any]]:
             }
         )
     present = {r["split"] for r in rows}
+    done = []
     if "test" not in present:
-        carve(rows, "test", p.carve_test_size, p.seed)
+        done.append(carve(rows, "test", p.carve_test_size, p.seed) | {"param": "carve_test_size"})
     if "validation" not in present:
-        carve(rows, "validation", p.carve_validation_size, p.seed)
+        done.append(
+            carve(rows, "validation", p.carve_validation_size, p.seed)
+            | {"param": "carve_validation_size"}
+        )
+    if carves is not None:
+        carves.extend(done)
     unknown = sorted({r["split"] for r in rows} - set(SPLITS))
     if unknown:
         bad = next(r["id"] for r in rows if r["split"] in unknown)
@@ -105,7 +126,8 @@ def run_ingest(p: IngestParams, raw_dir: str | Path, out_dir: str | Path) -> dic
     """Write the processed DatasetDict (train/validation/test, possibly empty) to out_dir."""
     import datasets
 
-    rows = read_snapshot(Path(raw_dir), p)
+    carves: list[dict[str, Any]] = []
+    rows = read_snapshot(Path(raw_dir), p, carves)
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
@@ -130,6 +152,7 @@ def run_ingest(p: IngestParams, raw_dir: str | Path, out_dir: str | Path) -> dic
     dd = datasets.DatasetDict({s: ds for s in SPLITS if len(ds := split_dataset(s))})
     with atomic_dir(out_dir) as tmp:
         dd.save_to_disk(str(tmp))
+        write_json_atomic(tmp / CARVE_FILE, carves)
     return {s: len(dd[s]) if s in dd else 0 for s in SPLITS}
 
 

@@ -253,6 +253,12 @@ def prompt_text(processor, prompt: str) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
+def prompt_token_count(processor, prompt: str) -> int:
+    """Tokens of the chat-formatted prompt, its single <image> placeholder not counted."""
+    text = prompt_text(processor, prompt)
+    return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"]) - 1
+
+
 def varies_with_image(processor) -> bool:
     """Whether the image-token count depends on the image's size (LLaVA-NeXT's anyres tiling)."""
     return bool(getattr(processor.image_processor, "image_grid_pinpoints", None))
@@ -276,3 +282,69 @@ def image_token_count(processor, image_size: tuple[int, int] | None = None) -> i
         "input_ids"
     ][0]
     return int((ids == processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)).sum())
+
+
+class TargetsTooLong(ValueError):
+    """Targets whose training sequence would not fit the base's positions, named by record."""
+
+
+def check_targets_fit(
+    processor, max_positions: int, prompt: str, records: Iterable[dict[str, Any]]
+) -> int:
+    """Refuse records whose sequence (image tokens + prompt + target + eos) exceeds the base's
+    `max_positions`; `records` carry split, id, target and, for LLaVA-NeXT, image_size
+    (width, height). Returns the longest sequence, in tokens."""
+    tok = processor.tokenizer
+    n_prompt = prompt_token_count(processor, prompt)
+    varies = varies_with_image(processor)
+    fixed = None if varies else image_token_count(processor)
+    per_size: dict[tuple[int, int], int] = {}
+    longest, bad = 0, []
+    for r in records:
+        if varies:
+            size = tuple(r["image_size"])
+            if size not in per_size:
+                per_size[size] = image_token_count(processor, size)  # type: ignore[arg-type]
+            n_image = per_size[size]  # type: ignore[index]
+        else:
+            n_image = fixed or 0
+        n_target = len(tok(r["target"], add_special_tokens=False)["input_ids"])
+        total = n_image + n_prompt + n_target + 3  # eos, and bos around the expanded image
+        longest = max(longest, total)
+        if total > max_positions:
+            bad.append(
+                f"{r['split']}/{r['id']}: field target is {n_target} tokens; with {n_image} image"
+                f" and {n_prompt} prompt tokens the sequence is {total}"
+            )
+    if bad:
+        shown = "\n".join(f"- {b}" for b in bad[:20])
+        more = f"\n(+{len(bad) - 20} more)" if len(bad) > 20 else ""
+        raise TargetsTooLong(
+            f"{len(bad)} record(s) do not fit the base's {max_positions} positions:\n{shown}{more}"
+        )
+    return longest
+
+
+def dataset_fit_records(dd, processor) -> Iterable[dict[str, Any]]:
+    """Every record of a processed DatasetDict (images undecoded) as check_targets_fit reads it;
+    image sizes from the image header, only where the image-token count depends on them."""
+    import io
+
+    from PIL import Image
+
+    varies = varies_with_image(processor)
+    for split, ds in dd.items():
+        for r in ds:
+            size = None
+            if varies:
+                with Image.open(io.BytesIO(r["image"]["bytes"])) as im:
+                    size = im.size
+            yield {"split": split, "id": r["id"], "target": r["target"], "image_size": size}
+
+
+def max_positions_of(path: str, revision: str | None = None) -> int:
+    """The base's text positions (its language model's max_position_embeddings)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path, revision=revision)
+    return int(getattr(cfg, "text_config", cfg).max_position_embeddings)

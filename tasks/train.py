@@ -31,13 +31,17 @@ from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_
 from tasks.modeling import (
     IMAGE_TOKEN,
     base_ref,
+    check_targets_fit,
+    dataset_fit_records,
     fit_images,
     image_token_count,
     load_model,
     load_processor,
     lora_config,
+    max_positions_of,
     pick_attn,
     prompt_text,
+    prompt_token_count,
     resolve_base,
     varies_with_image,
 )
@@ -121,7 +125,7 @@ def max_length_for(
     Where the image-token count depends on the image (LLaVA-NeXT), the most that any of
     `image_sizes` (width, height) expands to."""
     tok = processor.tokenizer
-    n_prompt = len(tok(prompt_text(processor, prompt), add_special_tokens=False)["input_ids"]) - 1
+    n_prompt = prompt_token_count(processor, prompt)
     if varies_with_image(processor):
         if not image_sizes:
             raise ValueError("this processor's image-token count depends on the image: pass sizes")
@@ -213,6 +217,13 @@ def run_train(
     t = params.train
     base, revision = resolve_base(params.model, base_dir)
     processor = fit_images(load_processor(base, revision), params.model.image_fit)
+    # every target fits the base's positions (the base stage checked it too, where it could)
+    check_targets_fit(
+        processor,
+        max_positions_of(base, revision),
+        params.ingest.prompt,
+        dataset_fit_records(load_dataset_dir(dataset_dir, decode_images=False), processor),
+    )
     dd = load_dataset_dir(dataset_dir)
     train = dd["train"]
     sizes = [im.size for im in train["image"]] if varies_with_image(processor) else None

@@ -52,7 +52,9 @@ def record_table(dataset_dir: str | Path) -> pd.DataFrame:
                     row.update(image_decodes=True, width=im.width, height=im.height)
             except Exception as exc:  # PIL raises several types for bad bytes
                 row["image_error"] = (
-                    f"image: does not decode ({type(exc).__name__})" if data else "image: missing"
+                    f"image: does not decode ({type(exc).__name__}: {str(exc)[:200]})"
+                    if data
+                    else "image: empty file (0 bytes)"
                 )
             gt_error = r["gt_error"]
             row["gt_is_json"] = not gt_error.startswith("ground_truth: not JSON")
@@ -90,9 +92,33 @@ def annotation_digest(ground_truth: str) -> str | None:
     return hashlib.sha256(json.dumps(words, sort_keys=True).encode()).hexdigest()
 
 
-def split_table(records: pd.DataFrame) -> pd.DataFrame:
+def split_table(records: pd.DataFrame, carves: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per split: its size, and a note naming the carve that made or shrank it."""
     counts = records["split"].value_counts() if len(records) else pd.Series(dtype=int)
-    return pd.DataFrame({"split": list(SPLITS), "n": [int(counts.get(s, 0)) for s in SPLITS]})
+    n = {s: int(counts.get(s, 0)) for s in SPLITS}
+    notes = {s: f"{n[s]} records" for s in SPLITS}
+    for c in carves or []:
+        param = f"ingest.{c['param']}"
+        if c["moved"]:
+            notes[c["into"]] += f" (carved from train by {param}={c['asked']})"
+            notes[c["from"]] += (
+                f" (after {c['moved']} of its {c['train_before']} were carved into"
+                f" {c['into']} by {param})"
+            )
+        else:
+            notes[c["into"]] += (
+                f" (the source has no {c['into']} split and train's {c['train_before']}"
+                f" are too few to carve {param}={c['asked']})"
+            )
+    return pd.DataFrame(
+        {"split": list(SPLITS), "n": [n[s] for s in SPLITS], "note": [notes[s] for s in SPLITS]}
+    )
+
+
+def read_carves(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """What ingest carved (tasks.ingest.CARVE_FILE); none for datasets written before it."""
+    path = Path(dataset_dir) / "carve.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _suites(p: ValidateParams):
@@ -146,7 +172,7 @@ def _suites(p: ValidateParams):
             column="n",
             min_value=max(1, p.min_split_size),
             max_value=p.max_split_size,
-            meta=why("n", "every split non-empty and within bounds"),
+            meta=why("note", "every split non-empty and within bounds"),
         ),
     ]
     return {"records": records, "splits": splits}
@@ -225,7 +251,7 @@ def run_validate(
 ) -> dict:
     """Validate the dataset; write the report (and Data Docs); raise ValidationFailed naming records."""
     records = record_table(dataset_dir)
-    tables = {"records": records, "splits": split_table(records)}
+    tables = {"records": records, "splits": split_table(records, read_carves(dataset_dir))}
     if docs_dir is not None:
         with atomic_dir(docs_dir) as tmp:
             results = run_suites(tables, p, tmp)

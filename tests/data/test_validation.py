@@ -62,8 +62,56 @@ def test_good_data_passes_and_writes_report_and_data_docs(tmp_path, good_records
 def test_corrupt_image_is_named(tmp_path, good_records):
     bad_id = good_records[2].id
     message, failed = failing(tmp_path, replace(good_records, 2, image_bytes=b"\x89PNG not really"))
-    assert f"{bad_id}: image: does not decode" in message
+    # the decoder's own words, not only its exception class
+    assert f"{bad_id}: image: does not decode (UnidentifiedImageError: cannot identify" in message
     assert [o["id"] for o in failed["the image decodes"]["offending"]] == [bad_id]
+
+
+def test_an_empty_image_file_is_called_empty_not_missing(tmp_path, good_records):
+    bad_id = good_records[5].id
+    message, failed = failing(tmp_path, replace(good_records, 5, image_bytes=b""))
+    assert f"{bad_id}: image: empty file (0 bytes)" in message
+    assert "missing" not in message
+    assert [o["id"] for o in failed["the image decodes"]["offending"]] == [bad_id]
+
+
+def test_an_image_file_gone_from_the_snapshot_stops_ingest_naming_it(tmp_path, good_records):
+    p = small_params()
+    write_snapshot(good_records, tmp_path / "data", "test")
+    gone = good_records[3]
+    next((tmp_path / "data").rglob(f"{gone.id}.*")).unlink()
+    with pytest.raises(
+        ValueError, match=rf"metadata.jsonl:4: record '{gone.id}': field file_name="
+    ):
+        run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_carve_that_leaves_a_split_too_small_is_named(tmp_path, good_records):
+    """12 train, 4 validation, no test: carving 11 into test leaves train 1 record."""
+    p = small_params(ingest={"carve_test_size": 11})
+    write_snapshot([r for r in good_records if r.split != "test"], tmp_path / "data", "test")
+    assert run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds") == {
+        "train": 1,
+        "validation": 4,
+        "test": 11,
+    }
+    with pytest.raises(ValidationFailed) as err:
+        run_validate(p.validate_, tmp_path / "ds", tmp_path / "validation.json")
+    message = str(err.value)
+    assert (
+        "train: 1 records (after 11 of its 12 were carved into test by ingest.carve_test_size)"
+        in message
+    )
+    report = json.loads((tmp_path / "validation.json").read_text())
+    failed = {r["rule"]: r for r in report["expectations"] if not r["success"]}
+    assert [o["split"] for o in failed["every split non-empty and within bounds"]["offending"]] == [
+        "train"
+    ]
+    # the same source with a carve that leaves enough passes, and says what it carved
+    p = small_params(ingest={"carve_test_size": 4})
+    run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
+    assert run_validate(p.validate_, tmp_path / "ds", tmp_path / "validation.json")["success"]
 
 
 def test_ground_truth_not_json_is_named(tmp_path, good_records):

@@ -1,0 +1,61 @@
+"""A target longer than the base's positions is named by record before anything trains on it."""
+
+import json
+import random
+import string
+
+import pytest
+
+from tasks.base import run_build_base
+from tasks.ingest import run_ingest
+from tasks.modeling import TargetsTooLong
+from tasks.sources import RawRecord, write_snapshot
+from tasks.sources.synthetic import generate
+from tasks.train import run_train
+from tests.conftest import small_params
+
+
+def test_an_overlong_target_is_named_by_the_base_and_the_train_stage(tmp_path, base_dir):
+    p = small_params()
+    records = generate(p.data.synthetic)
+    i = next(k for k, r in enumerate(records) if r.split == "train")
+    gt = json.loads(records[i].ground_truth)
+    rng = random.Random(0)  # random letters: no tokenizer merges them into a few tokens
+    name = "".join(rng.choice(string.ascii_letters) for _ in range(5000))
+    menu = gt["gt_parse"]["menu"]
+    (menu[0] if isinstance(menu, list) else menu)["nm"] = name
+    r = records[i]
+    records[i] = RawRecord(r.id, r.split, r.image_bytes, json.dumps(gt))
+    write_snapshot(records, tmp_path / "data", "test")
+    run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
+
+    with pytest.raises(TargetsTooLong) as err:
+        run_build_base(p, tmp_path / "ds", tmp_path / "base")
+    message = str(err.value)
+    assert message.startswith("1 record(s) do not fit the base's 2048 positions")
+    assert f"- train/{r.id}: field target is " in message
+    assert not (tmp_path / "base").exists()  # no half-built base left behind
+
+    # a base built on good data (the session's), handed the long record, refuses it in train
+    with pytest.raises(TargetsTooLong, match=f"train/{r.id}"):
+        run_train(p, tmp_path / "ds", base_dir, *(tmp_path / n for n in ("a", "c", "s.json")))
+    assert not (tmp_path / "a").exists()
+
+
+def test_targets_that_fit_pass_and_the_longest_sequence_is_counted(params, dataset_dir, tmp_path):
+    from tasks.dataset import load_dataset_dir
+    from tasks.modeling import check_targets_fit, dataset_fit_records, load_processor
+    from tasks.train import max_length_for
+
+    base = run_build_base(params, dataset_dir, tmp_path / "base")
+    processor = load_processor(base)
+    dd = load_dataset_dir(dataset_dir, decode_images=False)
+    longest = check_targets_fit(
+        processor, 2048, params.ingest.prompt, dataset_fit_records(dd, processor)
+    )
+    targets = [t for split in dd.values() for t in split["target"]]
+    assert longest == max_length_for(processor, params.ingest.prompt, targets)
+    with pytest.raises(TargetsTooLong, match=f"do not fit the base's {longest - 1} positions"):
+        check_targets_fit(
+            processor, longest - 1, params.ingest.prompt, dataset_fit_records(dd, processor)
+        )
