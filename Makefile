@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run data repro recipe promote retrain bench test test-fast lint clean
+.PHONY: help setup run data repro recipe promote retrain score serve bench test test-fast lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,13 @@ promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick
 
 retrain: setup ## the Prefect retrain flow: refresh data, every stage, push, register, promote
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.retrain $(if $(SOURCE),--source '$(SOURCE)')
+
+score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] -> reports/score/
+	@test -n "$(DIR)" || { echo "DIR=<folder of receipt images>"; exit 2; }
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION))
+
+serve: setup ## serve the champion over HTTP (mlflow models serve) on PORT (default 5001)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(VENV)/bin/mlflow models serve -m models:/receipt-llava@champion --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001)
 
 bench: setup ## CPU benchmark of the pipeline; rewrites its section of docs/benchmarks.md
 	$(PY) -m bench.cpu

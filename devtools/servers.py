@@ -10,6 +10,8 @@ bounded timeout, and is stopped (terminate, then kill) when its context exits.
 - `prefect_server`: `prefect server start` with its own PREFECT_HOME (SQLite).
 - `postgres`: a throwaway PostgreSQL cluster (initdb + pg_ctl from Debian's packages); when
   run as root the cluster belongs to the `postgres` user, as PostgreSQL refuses root.
+- `model_server`: `mlflow models serve` of a registered version (the champion), for the
+  serving test and the README's curl line.
 - `mlflow_server`: `mlflow server` on a backend store (PostgreSQL or SQLite) with its
   artifact proxy (`--serve-artifacts`): clients log to `mlflow-artifacts:/`, the server
   writes to `--artifacts-destination` (a directory here, S3/MinIO in compose).
@@ -275,6 +277,29 @@ def mlflow_server(
         uri = f"http://127.0.0.1:{port}"
         wait_http(f"{uri}/health", proc, timeout, log)
         yield uri
+
+
+@contextlib.contextmanager
+def model_server(
+    model_uri: str,
+    log: Path,
+    env: dict[str, str],
+    cwd: Path | None = None,
+    port: int | None = None,
+    timeout: float = 180,
+) -> Iterator[str]:
+    """`mlflow models serve` of a registered version (e.g. `models:/receipt-llava@champion`)
+    in this environment (`--env-manager local`); yields its URL once /ping answers. `env`
+    carries MLFLOW_TRACKING_URI (the registry) and any artifact-store credentials."""
+    port = port or free_port()
+    cmd = [bin_path("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # it execs `uvicorn` by name: this environment's bin first on PATH
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with spawn(cmd, log, {**os.environ, **QUIET, "PATH": path, **env}, cwd=cwd) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", proc, timeout, log)
+        yield url
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 STAGES = (
     "ingest",
@@ -131,6 +131,17 @@ def publish_summary(repo: str) -> dict[str, Any]:
             f"| {c['criterion']} | {c['value']} | {c['bound']} | {c['passed']} |"
             for c in gate["criteria"]
         ]
+    review = reports / "review.html"
+    if review.exists():  # every test receipt, expected vs predicted, worst first
+        registration = reports / "registration.json"
+        run = json.loads(registration.read_text()).get("run_id") if registration.exists() else None
+        where = f" (also in MLflow run `{run}` under reports/)" if run else ""
+        lines += ["", f"[Review page]({review.resolve().as_uri()}){where}"]
+        create_link_artifact(
+            review.resolve().as_uri(),
+            link_text="review page: test receipts, worst first",
+            key="review-page",
+        )
     create_markdown_artifact(
         "\n".join(lines), key="retrain-summary", description="metrics and gate decision"
     )

@@ -50,6 +50,7 @@ def run_evaluate(
     metrics_path: str | Path,
     predictions_path: str | Path,
     fields_path: str | Path | None = None,
+    review_path: str | Path | None = None,
 ) -> dict[str, Any]:
     from tasks.dataset import load_dataset_dir
 
@@ -82,8 +83,16 @@ def run_evaluate(
     write_text_atomic(
         predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     )
+    fields = per_field([r["parsed"] for r in rows], gts)
     if fields_path:
-        write_json_atomic(fields_path, per_field([r["parsed"] for r in rows], gts))
+        write_json_atomic(fields_path, fields)
+    if review_path:
+        from tasks.review import render_review
+
+        shown = [
+            {**r, "image": im, "target": gt} for r, im, gt in zip(rows, images, gts, strict=True)
+        ]
+        write_text_atomic(review_path, render_review(shown, metrics, fields))
     return metrics
 
 
@@ -99,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", default="reports/metrics.json")
     ap.add_argument("--predictions", default="reports/predictions.jsonl")
     ap.add_argument("--fields", default="reports/fields.json")
+    ap.add_argument("--review", default="reports/review.html", help="the review page")
     args = ap.parse_args(argv)
     m = run_evaluate(
         load_params(args.params),
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics,
         args.predictions,
         args.fields,
+        args.review,
     )
     print("evaluate:", json.dumps(m))
 

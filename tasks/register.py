@@ -150,7 +150,13 @@ def run_register(
             with (reports / "train_loss.csv").open() as f:
                 for row in csv.DictReader(f):
                     mlflow.log_metric("train_loss", float(row["loss"]), step=int(row["step"]))
-            for name in ("validation.json", "gate.json", "train.json", "fields.json"):
+            for name in (
+                "validation.json",
+                "gate.json",
+                "train.json",
+                "fields.json",
+                "review.html",
+            ):
                 if (reports / name).exists():
                     mlflow.log_artifact(str(reports / name), artifact_path="reports")
             predictions = reports / "predictions.jsonl"

@@ -4,7 +4,9 @@ Logged from this file (`python_model="tasks/serving.py"`): a pyfunc class define
 __main__ does not pickle. Input: a DataFrame with an `image` column of PNG/JPEG bytes
 (base64 strings over `mlflow models serve`'s JSON). Output: `json` (the parsed receipt as
 JSON text), `valid_json`, `raw` (the model's text) and `warnings` (a JSON list: why the input
-may be far from a receipt, e.g. nearly blank).
+may be far from a receipt, e.g. nearly blank). A row that is no image (not base64, not a
+picture, beyond the pixel limit) fails the whole request with an MlflowException naming each
+bad row and why: HTTP 400 from the scoring server, which goes on serving.
 """
 
 from __future__ import annotations
@@ -45,11 +47,19 @@ class ReceiptModel(PythonModel):
     ) -> pd.DataFrame:
         import json
 
-        from tasks.predict import open_image
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        images = [
-            open_image(_bytes(v), name=f"row {i}") for i, v in enumerate(model_input["image"])
-        ]
+        from tasks.predict import BadImage, open_image
+
+        images, bad = [], []
+        for i, v in enumerate(model_input["image"]):
+            try:
+                images.append(open_image(_bytes(v), name=f"row {i}"))
+            except (BadImage, ValueError, TypeError) as exc:  # bad base64 is a ValueError
+                bad.append(str(exc) if isinstance(exc, BadImage) else f"row {i}: {exc}")
+        if bad:  # a 400 over `mlflow models serve`, naming every bad row; nothing is read
+            raise MlflowException("; ".join(bad), error_code=INVALID_PARAMETER_VALUE)
         rows = self.reader.read(images)
         return pd.DataFrame(
             {

@@ -103,6 +103,74 @@ def test_unchanged_inputs_register_nothing_new(project, client):
     assert ran == {"champion"} and not out["registered_now"] and versions(client) == [1]
 
 
+def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot(
+    project, client, tmp_path
+):
+    """flows/score.py on a folder of receipts (a subfolder and a stray text file among them):
+    one line per file, the champion's answers as tasks.predict gives them, the unreadable file
+    named, the model version and the input's hash recorded, and a Prefect table artifact."""
+    import hashlib
+
+    from prefect.artifacts import Artifact
+
+    from flows.score import score
+    from tasks.config import load_params
+    from tasks.dataset import load_dataset_dir
+    from tasks.generation import Settings
+    from tasks.predict import ReceiptReader
+    from tasks.score import input_digest, input_files
+
+    images = load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"][:4]
+    assert len(images) == 4
+    folder = tmp_path / "inbox"
+    (folder / "later").mkdir(parents=True)
+    for i, image in enumerate(images):
+        image.save(folder / ("later" if i == 3 else ".") / f"r{i}.png")
+    (folder / "notes.txt").write_text("not a receipt")
+    (folder / ".DS_Store").write_bytes(b"hidden: skipped")
+    out = tmp_path / "scored"
+
+    summary = score(str(folder), str(out), None, str(project))
+
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [x["file"] for x in lines] == [
+        "later/r3.png",
+        "notes.txt",
+        "r0.png",
+        "r1.png",
+        "r2.png",
+    ]
+    assert lines[1]["error"].startswith("notes.txt: not a readable image")
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert {x["model_version"] for x in lines} == {champion.version}
+    settings = Settings.from_params(load_params(project / "params.yaml"))
+    order = [3, 0, 1, 2]
+    expected = ReceiptReader(project / "artifacts" / "merged", settings).read(
+        [images[i] for i in order]
+    )
+    read = [x for x in lines if x["error"] is None]
+    assert [x["raw"] for x in read] == [e["raw"] for e in expected]
+    assert [x["json"] for x in read] == [e["json"] for e in expected]
+    assert all(
+        x["sha256"] == hashlib.sha256((folder / x["file"]).read_bytes()).hexdigest() for x in lines
+    )
+
+    recorded = json.loads((out / "score.json").read_text())
+    assert recorded == summary
+    assert recorded["model"]["version"] == champion.version
+    assert recorded["model"]["model_digest"] == champion.tags["model_digest"]
+    assert recorded["input"]["sha256"] == input_digest(folder, input_files(folder))
+    assert (recorded["scored"], recorded["errors"], recorded["input"]["files"]) == (4, 1, 5)
+
+    table = Artifact.get("receipt-scores")
+    assert table is not None and table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["file"] for r in rows] == [x["file"] for x in lines]
+    assert f"models:/{NAME}/{champion.version}" in (table.description or "")
+    progress = Artifact.get("receipt-scoring-progress")
+    assert progress is not None and float(progress.data) == 100.0
+
+
 def test_new_data_gets_its_own_version_and_each_version_restores_its_data(project, client):
     from flows.retrain import retrain
     from tasks import lineage

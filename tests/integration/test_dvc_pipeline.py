@@ -83,6 +83,75 @@ def test_a_new_champion_makes_the_gate_stale_and_reruns_it(project):
     assert ran(sh("dvc", "repro", cwd=project)) == ["champion"]
 
 
+def _png(image) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_requests(
+    project, tmp_path
+):
+    """`mlflow models serve -m models:/receipt-llava@champion`: real receipts in (base64 PNG, the
+    pyfunc's signature), the answers of tasks.predict out; each bad request a 4xx naming the
+    row and the reason, and the server still serves afterwards."""
+    import requests
+    from PIL import Image
+
+    from devtools.servers import model_server
+    from tasks.config import load_params
+    from tasks.dataset import load_dataset_dir
+    from tasks.generation import Settings
+    from tasks.predict import ReceiptReader
+
+    images = load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"]
+    settings = Settings.from_params(load_params(project / "params.yaml"))
+    expected = ReceiptReader(project / "artifacts" / "merged", settings).read(images)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    uri = "models:/receipt-llava@champion"
+    with model_server(uri, tmp_path / "serve.log", env, cwd=project) as url:
+
+        def post(body: str | dict):
+            data = body if isinstance(body, str) else json.dumps(body)
+            return requests.post(
+                f"{url}/invocations",
+                data=data,
+                headers={"Content-Type": "application/json"},
+                timeout=300,
+            )
+
+        def frame(*cells: str, column: str = "image") -> dict:
+            return {"dataframe_split": {"columns": [column], "data": [[c] for c in cells]}}
+
+        ok = post(frame(*map(_png, images)))
+        assert ok.status_code == 200, ok.text
+        served = ok.json()["predictions"]
+        assert [r["raw"] for r in served] == [e["raw"] for e in expected]
+        assert [json.loads(r["json"]) for r in served] == [e["json"] for e in expected]
+
+        good = _png(images[0])
+        huge = tmp_path / "huge.png"  # 110 MP, over tasks.io.MAX_IMAGE_PIXELS (100 MP)
+        Image.new("1", (11_000, 10_000), 1).save(huge)
+        huge_b64 = __import__("base64").b64encode(huge.read_bytes()).decode()
+        bad = {
+            "not an image": (frame(good, "aGVsbG8="), "row 1: not a readable image"),
+            "empty body": ("", ""),
+            "wrong column": (frame(good, column="picture"), "image"),
+            "huge image": (frame(huge_b64), "row 0: too large to open safely"),
+        }
+        for case, (body, says) in bad.items():
+            r = post(body)
+            assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
+            assert says in r.json()["message"], (case, r.json()["message"][:500])
+        again = post(frame(good))  # still serving
+        assert (
+            again.status_code == 200 and again.json()["predictions"][0]["raw"] == served[0]["raw"]
+        )
+
+
 def test_a_second_repro_at_once_fails_on_dvc_lock_and_corrupts_nothing(project):
     first = subprocess.Popen(
         ["dvc", "repro", "--force", "--single-item", "evaluate"],

@@ -128,3 +128,47 @@ def test_predict_cli_on_the_sample_receipt(merged_dir, tmp_path):
         cwd=REPO,
     )
     assert err.returncode == 2 and "broken.png: not a readable image" in err.stderr
+
+
+def test_the_review_page_shows_every_receipt_worst_first_in_a_real_browser(
+    params, dataset_dir, base_dir, trained, tmp_path
+):
+    """evaluate writes reports/review.html: one self-contained page, a section per test receipt
+    sorted by TED accuracy (worst first), differing fields highlighted; headless Chromium
+    renders it with every image and no console error."""
+    import re
+    import shutil
+
+    from tasks.metrics import ted_accuracy
+
+    review = tmp_path / "review.html"
+    metrics = run_evaluate(
+        params,
+        dataset_dir,
+        base_dir,
+        trained["adapter"],
+        tmp_path / "m.json",
+        tmp_path / "p.jsonl",
+        tmp_path / "f.json",
+        review,
+    )
+    page = review.read_text()
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    ids = re.findall(r'<section class="receipt" data-id="([^"]+)"', page)
+    teds = {r["id"]: ted_accuracy(r["parsed"], json.loads(r["target"])) for r in rows}
+    assert sorted(ids) == sorted(teds) and len(ids) == metrics["n"]
+    assert [teds[i] for i in ids] == sorted(teds[i] for i in ids)  # worst first
+    shown = [float(x) for x in re.findall(r'<span class="score">([0-9.]+)</span>', page)]
+    assert shown == [round(teds[i], 3) for i in ids]
+    assert 'src="http' not in page and "<script" not in page  # self-contained, no script
+    # a field the model got wrong is highlighted, one it got right is not
+    assert ('class="diff"' in page) == any(t < 1.0 for t in teds.values())
+    assert f"<td>json_valid_rate</td><td>{metrics['json_valid_rate']}</td>" in page
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no chromium here (Debian: apt-get install chromium); the HTML was checked")
+    from devtools.screenshot import screenshot
+
+    seen = screenshot(review, tmp_path / "review.png")
+    assert seen == {"receipts": len(ids), "images_loaded": len(ids), "console_errors": []}
+    assert (tmp_path / "review.png").stat().st_size > 10_000

@@ -1,0 +1,88 @@
+"""The batch scoring flow: a folder of receipts through the champion (or a given version).
+
+    python -m flows.score --dir new_receipts/ [--out reports/score] [--version N] [--repo .]
+    make score DIR=new_receipts/ [VERSION=N]
+
+A thin Prefect wrapper of `tasks.score.run_score`: a progress artifact follows the folder, and
+a table artifact (`receipt-scores`) shows each file's total, validity, warnings and error, with
+the model version and the input's hash in its description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+
+def _total(row: dict[str, Any]) -> str:
+    total = (row.get("json") or {}).get("total")
+    value = total.get("total_price") if isinstance(total, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+@task(retries=1, retry_delay_seconds=10)
+def score_folder(folder: str, out: str, version: str | None, repo: str) -> dict[str, Any]:
+    from tasks.config import load_params
+    from tasks.score import run_score
+
+    name = load_params(Path(repo) / "params.yaml").register_.model_name
+    progress_id = create_progress_artifact(
+        progress=0.0, key="receipt-scoring-progress", description=f"scoring {folder}"
+    )
+
+    def progress(done: int, total: int) -> None:
+        update_progress_artifact(progress_id, 100.0 * done / max(1, total))
+        get_run_logger().info("scored %d/%d", done, total)
+
+    summary = run_score(folder, out, name, version, repo, progress=progress)
+    rows = summary.pop("rows")
+    create_table_artifact(
+        key="receipt-scores",
+        table=[
+            {
+                "file": r["file"],
+                "total_price": _total(r),
+                "valid_json": r.get("valid_json", False),
+                "warnings": ", ".join(r.get("warnings") or []),
+                "error": r["error"] or "",
+            }
+            for r in rows
+        ],
+        description=(
+            f"{summary['model']['uri']} (run {summary['model']['run_id']}) on "
+            f"{summary['input']['files']} files, input sha256 {summary['input']['sha256'][:12]}…; "
+            f"{summary['errors']} not readable. Output: {out}/predictions.jsonl"
+        ),
+    )
+    return summary
+
+
+@flow(name="score", log_prints=True)
+def score(
+    folder: str, out: str = "reports/score", version: str | None = None, repo: str = "."
+) -> dict[str, Any]:
+    """Score every file under `folder`; returns score.json's summary."""
+    return score_folder(folder, out, version, repo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--out", default="reports/score")
+    ap.add_argument("--version", default=None)
+    ap.add_argument("--repo", default=".")
+    args = ap.parse_args(argv)
+    print(json.dumps(score(args.dir, args.out, args.version, args.repo), indent=2))
+
+
+if __name__ == "__main__":
+    main()
