@@ -35,7 +35,7 @@ def score_folder(folder: str, out: str, version: str | None, repo: str) -> dict[
     from tasks.score import run_score
 
     name = load_params(Path(repo) / "params.yaml").register_.model_name
-    progress_id = create_progress_artifact(
+    progress_id: Any = create_progress_artifact(  # a UUID: called sync, from a task
         progress=0.0, key="receipt-scoring-progress", description=f"scoring {folder}"
     )
 

@@ -122,9 +122,9 @@ def run_score(
         "seconds": round(time.perf_counter() - started, 2),
     }
     with atomic_dir(out_dir) as tmp:
-        with (tmp / "predictions.jsonl").open("w") as f:
+        with (tmp / "predictions.jsonl").open("w") as out:
             for r in rows:
-                f.write(json.dumps({**r, "model_version": mv.version}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({**r, "model_version": mv.version}, ensure_ascii=False) + "\n")
         write_json_atomic(tmp / "score.json", summary)
     return {**summary, "rows": rows}
 

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -162,12 +163,12 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     assert recorded["input"]["sha256"] == input_digest(folder, input_files(folder))
     assert (recorded["scored"], recorded["errors"], recorded["input"]["files"]) == (4, 1, 5)
 
-    table = Artifact.get("receipt-scores")
+    table: Any = Artifact.get("receipt-scores")  # sync here (no running event loop)
     assert table is not None and table.type == "table"
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    rows: Any = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["file"] for r in rows] == [x["file"] for x in lines]
     assert f"models:/{NAME}/{champion.version}" in (table.description or "")
-    progress = Artifact.get("receipt-scoring-progress")
+    progress: Any = Artifact.get("receipt-scoring-progress")
     assert progress is not None and float(progress.data) == 100.0
 
 

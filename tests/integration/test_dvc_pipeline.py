@@ -136,7 +136,7 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
         huge = tmp_path / "huge.png"  # 110 MP, over tasks.io.MAX_IMAGE_PIXELS (100 MP)
         Image.new("1", (11_000, 10_000), 1).save(huge)
         huge_b64 = __import__("base64").b64encode(huge.read_bytes()).decode()
-        bad = {
+        bad: dict[str, tuple[str | dict, str]] = {
             "not an image": (frame(good, "aGVsbG8="), "row 1: not a readable image"),
             "empty body": ("", ""),
             "wrong column": (frame(good, column="picture"), "image"),
