@@ -73,7 +73,7 @@ def run(work: Path, hub_files: Path, dims: str, steps: int, records: int, merge:
     p = smoke_params(replica, steps, records)
     timed("data", run_data, p.data, work / "data")
     timed("ingest", run_ingest, p.ingest, work / "data", work / "dataset")
-    timed("base", run_build_base, p, work / "models-unused", work / "base")
+    timed("base", run_build_base, p, work / "dataset", work / "base")
     summary = timed(
         "train",
         run_train,
