@@ -54,9 +54,9 @@ promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick
 retrain: setup ## the Prefect retrain flow: refresh data, every stage, push, register, promote
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.retrain $(if $(SOURCE),--source '$(SOURCE)')
 
-score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] -> reports/score/
+score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] [JSON_SCHEMA=1] -> reports/score/
 	@test -n "$(DIR)" || { echo "DIR=<folder of receipt images>"; exit 2; }
-	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION))
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION)) $(if $(JSON_SCHEMA),--json-schema)
 
 serve: setup ## serve the champion over HTTP (mlflow models serve) on PORT (default 5001)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(VENV)/bin/mlflow models serve -m models:/receipt-llava@champion --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001)

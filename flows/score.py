@@ -1,7 +1,8 @@
 """The batch scoring flow: a folder of receipts through the champion (or a given version).
 
     python -m flows.score --dir new_receipts/ [--out reports/score] [--version N] [--repo .]
-    make score DIR=new_receipts/ [VERSION=N]
+                          [--json-schema | --no-json-schema]
+    make score DIR=new_receipts/ [VERSION=N] [JSON_SCHEMA=1]
 
 A thin Prefect wrapper of `tasks.score.run_score`: a progress artifact follows the folder, and
 a table artifact (`receipt-scores`) shows each file's total, validity, warnings and error, with
@@ -30,7 +31,9 @@ def _total(row: dict[str, Any]) -> str:
 
 
 @task(retries=1, retry_delay_seconds=10)
-def score_folder(folder: str, out: str, version: str | None, repo: str) -> dict[str, Any]:
+def score_folder(
+    folder: str, out: str, version: str | None, repo: str, json_schema: bool | None = None
+) -> dict[str, Any]:
     from tasks.config import load_params
     from tasks.score import run_score
 
@@ -43,7 +46,9 @@ def score_folder(folder: str, out: str, version: str | None, repo: str) -> dict[
         update_progress_artifact(progress_id, 100.0 * done / max(1, total))
         get_run_logger().info("scored %d/%d", done, total)
 
-    summary = run_score(folder, out, name, version, repo, progress=progress)
+    summary = run_score(
+        folder, out, name, version, repo, progress=progress, json_schema=json_schema
+    )
     rows = summary.pop("rows")
     create_table_artifact(
         key="receipt-scores",
@@ -60,7 +65,8 @@ def score_folder(folder: str, out: str, version: str | None, repo: str) -> dict[
         description=(
             f"{summary['model']['uri']} (run {summary['model']['run_id']}) on "
             f"{summary['input']['files']} files, input sha256 {summary['input']['sha256'][:12]}…; "
-            f"{summary['errors']} not readable. Output: {out}/predictions.jsonl"
+            f"{summary['errors']} not readable; json_schema {summary['model']['json_schema']}. "
+            f"Output: {out}/predictions.jsonl"
         ),
     )
     return summary
@@ -68,10 +74,14 @@ def score_folder(folder: str, out: str, version: str | None, repo: str) -> dict[
 
 @flow(name="score", log_prints=True)
 def score(
-    folder: str, out: str = "reports/score", version: str | None = None, repo: str = "."
+    folder: str,
+    out: str = "reports/score",
+    version: str | None = None,
+    repo: str = ".",
+    json_schema: bool | None = None,
 ) -> dict[str, Any]:
     """Score every file under `folder`; returns score.json's summary."""
-    return score_folder(folder, out, version, repo)
+    return score_folder(folder, out, version, repo, json_schema)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,8 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="reports/score")
     ap.add_argument("--version", default=None)
     ap.add_argument("--repo", default=".")
+    ap.add_argument("--json-schema", action=argparse.BooleanOptionalAction, default=None)
     args = ap.parse_args(argv)
-    print(json.dumps(score(args.dir, args.out, args.version, args.repo), indent=2))
+    summary = score(args.dir, args.out, args.version, args.repo, args.json_schema)
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

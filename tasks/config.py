@@ -126,6 +126,9 @@ class EvaluateParams(_Section):
     max_new_tokens: int = Field(ge=1)
     # Evaluate at most this many test records (0 = all).
     limit: int = Field(ge=0)
+    # Hold generation to CORD's JSON schema (tasks.constrained): evaluate, the gate, and the
+    # registered model's default (a request or `make score` may ask otherwise).
+    json_schema: bool
 
 
 class GateParams(_Section):

@@ -2,14 +2,16 @@
 `predict` and the served pyfunc ask a model, with one set of settings.
 
 `Settings` carries everything that changes an answer besides the weights: the prompt, the
-token budget, the batch (left padding depends on it), and the dtype and attention rules. It
+token budget, the batch (left padding depends on it), the dtype and attention rules, and
+whether generation is held to CORD's JSON schema (`tasks.constrained`). It
 is built from params for evaluate and the gate, and logged as the pyfunc's model_config at
 registration, so a registered model answers as it did when it was evaluated.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -18,7 +20,12 @@ from tasks.config import Params
 from tasks.modeling import inference_dtype, pick_attn, prompt_text
 
 # What the pyfunc hard-coded before it logged its settings (prompt and budget were logged).
-_BEFORE_SETTINGS = {"batch_size": 8, "compute_dtype": "float32", "attn_implementation": "sdpa"}
+_BEFORE_SETTINGS = {
+    "batch_size": 8,
+    "compute_dtype": "float32",
+    "attn_implementation": "sdpa",
+    "json_schema": False,
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class Settings:
     # The training compute dtype: inference runs in it on a GPU, in float32 on a CPU.
     compute_dtype: str
     attn_implementation: str
+    # Hold generation to CORD's gt_parse JSON schema (tasks.constrained).
+    json_schema: bool
 
     @classmethod
     def from_params(cls, params: Params) -> Settings:
@@ -38,6 +47,7 @@ class Settings:
             batch_size=params.evaluate.batch_size,
             compute_dtype=params.train.compute_dtype,
             attn_implementation=params.train.attn_implementation,
+            json_schema=params.evaluate.json_schema,
         )
 
     @classmethod
@@ -45,6 +55,10 @@ class Settings:
         """From a pyfunc's model_config (what `as_config` logged); extra keys are ignored.
         Versions registered before the settings were logged get what their pyfunc used then."""
         return cls(**{k: config.get(k, _BEFORE_SETTINGS.get(k)) for k in cls.__dataclass_fields__})
+
+    def but(self, **changes: Any) -> Settings:
+        """These settings with some changed (e.g. `json_schema` for one request)."""
+        return replace(self, **changes)
 
     def as_config(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,17 +74,37 @@ class Settings:
 
 def answers(model, processor, images: list, s: Settings) -> list[str]:
     """The model's answers for these images under settings s."""
-    return generate(model, processor, images, s.prompt, s.max_new_tokens, s.batch_size)
+    return generate(
+        model, processor, images, s.prompt, s.max_new_tokens, s.batch_size, s.json_schema
+    )
 
 
 @torch.inference_mode()
 def generate(
-    model, processor, images: list, prompt: str, max_new_tokens: int, batch_size: int
+    model,
+    processor,
+    images: list,
+    prompt: str,
+    max_new_tokens: int,
+    batch_size: int,
+    json_schema: bool = False,
+    schema_backend: str = "llguidance",
 ) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded answers only."""
+    """Greedy, batched, left-padded generation; returns the decoded answers only.
+    With `json_schema`, every step is held to CORD's JSON schema (tasks.constrained) by
+    Outlines' `schema_backend`."""
+    from transformers import LogitsProcessorList
+
     processor.tokenizer.padding_side = "left"
     text = prompt_text(processor, prompt)
     device = next(model.parameters()).device
+    constrained = None
+    if json_schema:
+        from tasks.constrained import CloseWithinBudget, json_schema_processor
+
+        schema = json_schema_processor(model, processor, schema_backend)
+        budget = CloseWithinBudget(processor.tokenizer, max_new_tokens)
+        constrained = LogitsProcessorList([schema, budget])
     outputs: list[str] = []
     for i in range(0, len(images), batch_size):
         chunk = [im.convert("RGB") for im in images[i : i + batch_size]]
@@ -78,12 +112,20 @@ def generate(
             images=chunk, text=[text] * len(chunk), return_tensors="pt", padding=True
         ).to(device)
         enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        )
+        if constrained is not None:
+            schema.reset()  # a new generation: the schema's state starts over
+            budget.prompt_length = enc["input_ids"].shape[1]
+        with warnings.catch_warnings():
+            # Outlines' llguidance processor hands a finished row's padding to its stopped
+            # matcher and warns "Error in LLMatcher"; that row's answer is already complete.
+            warnings.filterwarnings("ignore", message="Error in LLMatcher")
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=processor.tokenizer.pad_token_id,
+                logits_processor=constrained,
+            )
         answers = out[:, enc["input_ids"].shape[1] :]
         outputs += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
     return [o.strip() for o in outputs]

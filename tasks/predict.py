@@ -101,10 +101,14 @@ class ReceiptReader:
         self.processor = load_processor(str(model_dir))
         self.settings = settings
 
-    def read(self, images: list[Image.Image]) -> list[dict[str, Any]]:
+    def read(
+        self, images: list[Image.Image], json_schema: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """gt_parse dicts for the images; `json_schema` overrides the settings' for this call."""
         from tasks.receipt_json import is_valid_json, parse_target
 
-        outputs = answers(self.model, self.processor, images, self.settings)
+        s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
+        outputs = answers(self.model, self.processor, images, s)
         return [
             {
                 "json": parse_target(o),
@@ -116,9 +120,11 @@ class ReceiptReader:
         ]
 
 
-def predict(model: str, paths: list[str], settings: Settings) -> list[dict[str, Any]]:
+def predict(
+    model: str, paths: list[str], settings: Settings, json_schema: bool | None = None
+) -> list[dict[str, Any]]:
     """Read the images with a model dir (under `settings`) or an MLflow model URI (under the
-    settings it was registered with)."""
+    settings it was registered with); `json_schema`, when given, overrides either's."""
     images = [open_image(p) for p in paths]  # all images checked before the model loads
     if model.startswith(("models:/", "runs:/")):
         import mlflow.pyfunc
@@ -134,7 +140,10 @@ def predict(model: str, paths: list[str], settings: Settings) -> list[dict[str, 
             raise BadModel(
                 f"{model}: cannot load it from {tracking_uri()} ({exc.message})"
             ) from exc
-        frame = pyfunc.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
+        frame = pyfunc.predict(
+            pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}),
+            params=None if json_schema is None else {"json_schema": json_schema},
+        )
         # versions registered before the warnings column: computed here, the same way
         said = frame["warnings"] if "warnings" in frame else [None] * len(paths)
         return [
@@ -155,7 +164,8 @@ def predict(model: str, paths: list[str], settings: Settings) -> list[dict[str, 
             "artifacts/merged, or give a registry URI such as models:/receipt-llava@champion"
         )
     reader = ReceiptReader(model, settings)
-    return [{"image": p, **r} for p, r in zip(paths, reader.read(images), strict=True)]
+    read = reader.read(images, json_schema=json_schema)
+    return [{"image": p, **r} for p, r in zip(paths, read, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,11 +177,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--model", default="artifacts/merged", help="merged model directory")
     ap.add_argument("--params", default="params.yaml", help="settings for a model directory")
+    ap.add_argument(
+        "--json-schema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hold answers to CORD's JSON schema (default: the params' or the version's)",
+    )
     ap.add_argument("images", nargs="+")
     args = ap.parse_args(argv)
     try:
         settings = Settings.from_params(load_params(args.params))
-        results = predict(args.model, args.images, settings)
+        results = predict(args.model, args.images, settings, args.json_schema)
     except (BadImage, BadModel) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -36,6 +36,8 @@ PIP_REQUIREMENTS = [
     "pillow>=10.1",
     "pandas",
     "mlflow==3.17.2",
+    "outlines==1.3.3",  # json_schema: constrained decoding (tasks.constrained)
+    "llguidance==1.9.1",
 ]
 
 
@@ -47,9 +49,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _signature():
+def _signature(json_schema: bool):
+    """Image bytes in; JSON text, validity, raw text and warnings out. One request param:
+    `json_schema` (constrained decoding), defaulting to what the version was evaluated with."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image")]),
@@ -61,6 +65,7 @@ def _signature():
                 ColSpec("string", "warnings"),
             ]
         ),
+        params=ParamSchema([ParamSpec("json_schema", "boolean", json_schema)]),
     )
 
 
@@ -180,7 +185,7 @@ def run_register(
                 model_config=config,
                 code_paths=[str(Path(__file__).parent)],
                 pip_requirements=PIP_REQUIREMENTS,
-                signature=_signature(),
+                signature=_signature(bool(config["json_schema"])),
                 registered_model_name=r.model_name,
             )
         version, run_id = str(info.registered_model_version), run.info.run_id

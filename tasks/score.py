@@ -48,6 +48,20 @@ def model_uri(name: str, version: str | None) -> str:
     return f"models:/{name}/{version}" if version else f"models:/{name}@champion"
 
 
+def served_json_schema(model, asked: bool | None, uri: str) -> bool:
+    """The `json_schema` setting a loaded version answers with: `asked`, or its default. A
+    version registered before the setting existed can only answer unconstrained."""
+    from tasks.predict import BadModel
+
+    sig = model.metadata.signature
+    specs = {p.name: p for p in (sig.params.params if sig is not None and sig.params else [])}
+    if "json_schema" in specs:
+        return bool(specs["json_schema"].default) if asked is None else asked
+    if asked:
+        raise BadModel(f"{uri}: registered before constrained decoding; it has no json_schema")
+    return False
+
+
 def run_score(
     folder: str | Path,
     out_dir: str | Path,
@@ -56,9 +70,11 @@ def run_score(
     repo: str | Path = ".",
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    json_schema: bool | None = None,
 ) -> dict[str, Any]:
     """Score every file under `folder` with version `version` of `name` (default: the champion);
-    write predictions.jsonl and score.json to out_dir; return the summary."""
+    write predictions.jsonl and score.json to out_dir; return the summary. `json_schema`
+    (constrained decoding) defaults to what the version was registered with."""
     import mlflow
     import pandas as pd
 
@@ -76,6 +92,7 @@ def run_score(
     )
     mlflow.set_tracking_uri(tracking_uri(repo))
     model = mlflow.pyfunc.load_model(model_uri(name, mv.version))
+    json_schema = served_json_schema(model, json_schema, model_uri(name, mv.version))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -91,7 +108,9 @@ def run_score(
             else:
                 good.append((len(rows) - 1, data))
         if good:
-            answers = model.predict(pd.DataFrame({"image": [d for _, d in good]}))
+            answers = model.predict(
+                pd.DataFrame({"image": [d for _, d in good]}), params={"json_schema": json_schema}
+            )
             for (i, _), a in zip(good, answers.to_dict("records"), strict=True):
                 rows[i].update(
                     json=json.loads(a["json"]),
@@ -110,6 +129,7 @@ def run_score(
             "asked": model_uri(name, version),
             "run_id": mv.run_id,
             "model_digest": (mv.tags or {}).get("model_digest"),
+            "json_schema": json_schema,
         },
         "input": {
             "dir": str(root.resolve()),
@@ -139,9 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--version", default=None, help="a registered version (default: champion)")
     ap.add_argument("--repo", default=".", help="the project (its mlflow.db, unless env says)")
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument(
+        "--json-schema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="hold answers to CORD's JSON schema (default: as the version was registered)",
+    )
     args = ap.parse_args(argv)
     name = load_params(Path(args.repo) / args.params).register_.model_name
-    s = run_score(args.dir, args.out, name, args.version, args.repo)
+    s = run_score(args.dir, args.out, name, args.version, args.repo, json_schema=args.json_schema)
     print(
         f"score: {s['scored']} read, {s['errors']} not readable, of {s['input']['files']} files "
         f"with {s['model']['uri']} -> {args.out}/predictions.jsonl"

@@ -6,7 +6,9 @@ __main__ does not pickle. Input: a DataFrame with an `image` column of PNG/JPEG 
 JSON text), `valid_json`, `raw` (the model's text) and `warnings` (a JSON list: why the input
 may be far from a receipt, e.g. nearly blank). A row that is no image (not base64, not a
 picture, beyond the pixel limit) fails the whole request with an MlflowException naming each
-bad row and why: HTTP 400 from the scoring server, which goes on serving.
+bad row and why: HTTP 400 from the scoring server, which goes on serving. One request
+param, `json_schema` (`"params": {"json_schema": true}` beside `dataframe_split`), holds the
+answers to CORD's JSON schema (tasks.constrained); its default is the registered setting.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ class ReceiptModel(PythonModel):
                 bad.append(str(exc) if isinstance(exc, BadImage) else f"row {i}: {exc}")
         if bad:  # a 400 over `mlflow models serve`, naming every bad row; nothing is read
             raise MlflowException("; ".join(bad), error_code=INVALID_PARAMETER_VALUE)
-        rows = self.reader.read(images)
+        json_schema = (params or {}).get("json_schema")
+        rows = self.reader.read(
+            images, json_schema=None if json_schema is None else bool(json_schema)
+        )
         return pd.DataFrame(
             {
                 "json": [json.dumps(r["json"], ensure_ascii=False) for r in rows],

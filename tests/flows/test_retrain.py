@@ -162,6 +162,18 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     assert recorded["model"]["model_digest"] == champion.tags["model_digest"]
     assert recorded["input"]["sha256"] == input_digest(folder, input_files(folder))
     assert (recorded["scored"], recorded["errors"], recorded["input"]["files"]) == (4, 1, 5)
+    assert recorded["model"]["json_schema"] is False  # the version's default (params.yaml)
+
+    # asked for CORD's schema: the constrained answers, recorded as such
+    from tasks.score import run_score
+
+    held = run_score(folder, tmp_path / "held", NAME, None, project, json_schema=True)
+    assert held["model"]["json_schema"] is True
+    reader = ReceiptReader(project / "artifacts" / "merged", settings)
+    held_expected = reader.read([images[i] for i in order], json_schema=True)
+    held_read = [x for x in held["rows"] if x["error"] is None]
+    assert [x["raw"] for x in held_read] == [e["raw"] for e in held_expected]
+    assert all(x["valid_json"] for x in held_read)
 
     table: Any = Artifact.get("receipt-scores")  # sync here (no running event loop)
     assert table is not None and table.type == "table"

@@ -106,6 +106,7 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
     from tasks.dataset import load_dataset_dir
     from tasks.generation import Settings
     from tasks.predict import ReceiptReader
+    from tasks.receipt_json import schema_violations
 
     images = load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"]
     settings = Settings.from_params(load_params(project / "params.yaml"))
@@ -131,6 +132,15 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
         served = ok.json()["predictions"]
         assert [r["raw"] for r in served] == [e["raw"] for e in expected]
         assert [json.loads(r["json"]) for r in served] == [e["json"] for e in expected]
+
+        # constrained decoding, asked per request: CORD's schema, valid JSON for every receipt
+        held = post(frame(*map(_png, images)) | {"params": {"json_schema": True}})
+        assert held.status_code == 200, held.text
+        reader = ReceiptReader(project / "artifacts" / "merged", settings)
+        constrained = reader.read(images, json_schema=True)
+        assert [r["raw"] for r in held.json()["predictions"]] == [c["raw"] for c in constrained]
+        assert all(r["valid_json"] for r in held.json()["predictions"])
+        assert all(not schema_violations(json.loads(r["raw"])) for r in held.json()["predictions"])
 
         good = _png(images[0])
         huge = tmp_path / "huge.png"  # 110 MP, over tasks.io.MAX_IMAGE_PIXELS (100 MP)
