@@ -120,6 +120,18 @@ class ReceiptReader:
         ]
 
 
+def served_json_schema(model, asked: bool | None, uri: str) -> bool:
+    """The `json_schema` setting a loaded version answers with: `asked`, or its default. A
+    version registered before the setting existed can only answer unconstrained."""
+    sig = model.metadata.signature
+    specs = {p.name: p for p in (sig.params.params if sig is not None and sig.params else [])}
+    if "json_schema" in specs:
+        return bool(specs["json_schema"].default) if asked is None else asked
+    if asked:
+        raise BadModel(f"{uri}: registered before constrained decoding; it has no json_schema")
+    return False
+
+
 def predict(
     model: str, paths: list[str], settings: Settings, json_schema: bool | None = None
 ) -> list[dict[str, Any]]:
@@ -140,9 +152,10 @@ def predict(
             raise BadModel(
                 f"{model}: cannot load it from {tracking_uri()} ({exc.message})"
             ) from exc
+        held = served_json_schema(pyfunc, json_schema, model)  # refused if it can't
         frame = pyfunc.predict(
             pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}),
-            params=None if json_schema is None else {"json_schema": json_schema},
+            params={"json_schema": held} if json_schema is not None else None,
         )
         # versions registered before the warnings column: computed here, the same way
         said = frame["warnings"] if "warnings" in frame else [None] * len(paths)

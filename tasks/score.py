@@ -48,20 +48,6 @@ def model_uri(name: str, version: str | None) -> str:
     return f"models:/{name}/{version}" if version else f"models:/{name}@champion"
 
 
-def served_json_schema(model, asked: bool | None, uri: str) -> bool:
-    """The `json_schema` setting a loaded version answers with: `asked`, or its default. A
-    version registered before the setting existed can only answer unconstrained."""
-    from tasks.predict import BadModel
-
-    sig = model.metadata.signature
-    specs = {p.name: p for p in (sig.params.params if sig is not None and sig.params else [])}
-    if "json_schema" in specs:
-        return bool(specs["json_schema"].default) if asked is None else asked
-    if asked:
-        raise BadModel(f"{uri}: registered before constrained decoding; it has no json_schema")
-    return False
-
-
 def run_score(
     folder: str | Path,
     out_dir: str | Path,
@@ -92,6 +78,8 @@ def run_score(
     )
     mlflow.set_tracking_uri(tracking_uri(repo))
     model = mlflow.pyfunc.load_model(model_uri(name, mv.version))
+    from tasks.predict import served_json_schema
+
     json_schema = served_json_schema(model, json_schema, model_uri(name, mv.version))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):

@@ -82,3 +82,29 @@ def test_a_rambling_base_held_to_the_schema_closes_within_a_longer_budget(
         answers = generate(model, processor, images, params.ingest.prompt, 160, 4, True)
     assert all(is_valid_json(a) and not schema_violations(json.loads(a)) for a in answers)
     assert Settings.from_config({"prompt": "p", "max_new_tokens": 8}).json_schema is False
+
+
+def test_a_version_without_the_param_is_refused_constrained_answers():
+    """A version registered before the option has no `json_schema` param: asking it for
+    constrained answers fails naming it instead of being silently ignored."""
+    from types import SimpleNamespace
+
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from tasks.predict import BadModel, served_json_schema
+    from tasks.register import _signature
+
+    inputs = Schema([ColSpec("binary", "image")])
+    old = SimpleNamespace(metadata=Model(signature=ModelSignature(inputs=inputs)))
+    assert served_json_schema(old, None, "models:/r/1") is False
+    assert served_json_schema(old, False, "models:/r/1") is False
+    with pytest.raises(BadModel, match="models:/r/1: registered before constrained decoding"):
+        served_json_schema(old, True, "models:/r/1")
+    for default in (False, True):
+        new = SimpleNamespace(metadata=Model(signature=_signature(default)))
+        assert served_json_schema(new, None, "models:/r/2") is default
+        assert served_json_schema(new, not default, "models:/r/2") is (not default)
+    unused = ParamSchema([ParamSpec("other", "boolean", False)])
+    other = SimpleNamespace(metadata=Model(signature=ModelSignature(inputs=inputs, params=unused)))
+    assert served_json_schema(other, None, "models:/r/3") is False
