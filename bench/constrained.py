@@ -42,9 +42,8 @@ METRICS = ("json_valid_rate", "ted_accuracy", "field_f1", "total_price_exact", "
 
 def backend_problem(name: str) -> str | None:
     """Why a backend cannot run here, or None."""
-    module = {"llguidance": "llguidance", "outlines_core": "outlines_core", "xgrammar": "xgrammar"}
     try:
-        __import__(module[name])
+        __import__(name)  # each backend's module has its name
     except ImportError as exc:
         return f"not installed ({exc.name})"
     return None

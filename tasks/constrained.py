@@ -7,10 +7,10 @@ cord-v2 writes either, and no other key. `json_schema_processor()` turns it into
 and its vision processor) with the llguidance backend: at every step, tokens that would leave
 the schema are masked, so an answer that closes is valid JSON whose every key is CORD's.
 
-The backend was chosen by measurement (docs/benchmarks.md, `bench/constrained.py`): on the
-tiny default, llguidance costs a fraction of outlines_core's time per token and compiles the
-schema in milliseconds, where outlines_core compiles its regex in seconds. lm-format-enforcer
-0.11.3 does not import against transformers 5.
+The backend was chosen by measurement (docs/benchmarks.md, `bench/constrained.py`): llguidance
+compiles this schema in ~0.1 s and runs within noise of xgrammar (which pulls ~1 GB of triton);
+outlines_core, Outlines' default, cannot compile it within 8 GiB; lm-format-enforcer 0.11.3
+does not import against transformers 5.
 
 The schema alone cannot keep an answer within `max_new_tokens`: a model that rambles (an
 untrained base does) would be cut mid-object. `CloseWithinBudget` runs after the schema's
@@ -28,7 +28,7 @@ from typing import Any
 from tasks.receipt_json import SCHEMA, SUB_FIELDS
 
 # Bounds that keep a constrained answer finite. CORD's longest value is 60 characters and its
-# longest list 22 items, over its 900 v1 annotations (tests/code/test_constrained.py checks
+# longest list 22 items, over its 900 v1 annotations (tests/model/test_constrained.py checks
 # that the schema accepts every one of them).
 MAX_CHARS = 64
 MAX_ITEMS = 32
