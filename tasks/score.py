@@ -64,7 +64,7 @@ def run_score(
     import mlflow
     import pandas as pd
 
-    from tasks.predict import BadImage, open_image
+    from tasks.predict import BadImage, open_image, served_json_schema
     from tasks.tracking import tracking_uri
 
     started = time.perf_counter()
@@ -78,8 +78,6 @@ def run_score(
     )
     mlflow.set_tracking_uri(tracking_uri(repo))
     model = mlflow.pyfunc.load_model(model_uri(name, mv.version))
-    from tasks.predict import served_json_schema
-
     json_schema = served_json_schema(model, json_schema, model_uri(name, mv.version))
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
