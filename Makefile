@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_DISABLE_PROGRESS_BARS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run data repro recipe promote retrain score serve bench test test-fast lint clean
+.PHONY: help setup run data pretrain repro recipe promote retrain score serve bench test test-fast lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 	dvc repro
 	@dvc metrics show reports/metrics.json reports/gate.json
 	-@$(PY) -m tasks.promote   # a refusal (no better than the champion) is reported, not an error
+
+pretrain: setup ## re-make models/tiny-reader: the embedded base learns to read (~80 min on 2 cores)
+	$(PY) -m tasks.pretrain --out models/tiny-reader
 
 repro: setup ## dvc repro (train .. register) on the current data/
 	dvc repro

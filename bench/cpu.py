@@ -62,6 +62,7 @@ def timed(cmd: list[str], cwd: Path, extra: dict[str, str] | None = None) -> tup
 def make_project(root: Path) -> Path:
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "models", root / "models")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     for cmd in (

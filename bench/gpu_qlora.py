@@ -63,29 +63,24 @@ def build(out: Path, tiny: bool) -> Path:
     """Random-weight model + processor saved to `out` (bf16 on GPU; the tiny shape on CPU)."""
     from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-    targets = [
-        '{"menu":[{"nm":"ICE BLACKCOFFE","cnt":"2","price":"82,000"}],"total":{"total_price":"82,000"}}'
-    ]
-    tok = build_tiny_tokenizer(targets * 4, 400)
+    tok = build_tiny_tokenizer()
     if tiny:
         from tasks.modeling import build_tiny
 
-        build_tiny(
-            repo_params().model.tiny.model_copy(
+        model, processor = build_tiny(
+            repo_params().pretrain.model.model_copy(
                 update={
-                    "image_size": 64,
-                    "patch_size": 32,
+                    "image_size": 48,
                     "vision_hidden": 32,
-                    "vision_layers": 2,
+                    "vision_layers": 1,
                     "text_hidden": 64,
                     "text_layers": 2,
                     "text_intermediate": 128,
-                    "vocab_size": 400,
                 }
-            ),
-            targets * 4,
-            out,
+            )
         )
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
         return out
     config = llava_7b_config(len(tok))
     config.image_token_index = tok.convert_tokens_to_ids("<image>")

@@ -1,8 +1,9 @@
 """Base stage: the model that training starts from.
 
-`model.base: tiny` builds the embedded LLaVA from params (its tokenizer trained on the
-train targets); any other value is a hub id or path, recorded in `BASE` and loaded by
-later stages through `from_pretrained`.
+`model.base: tiny` takes the embedded base that `make pretrain` trained to read
+(models/tiny-reader, shipped in the repository the way a hub checkpoint ships), after
+checking that it was pretrained with params.yaml's `pretrain` section. Any other value is a
+hub id or path, recorded in `BASE` and loaded by later stages through `from_pretrained`.
 
 Where the base's processor and config can be read here (always for tiny; for a hub base when
 it is cached, a local path or the hub is reachable), every record's target is checked to
@@ -13,7 +14,9 @@ stage fails before anything trains on them. The train stage repeats the check.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,7 +25,6 @@ from tasks.io import atomic_dir, quiet_telemetry, write_text_atomic
 from tasks.modeling import (
     TargetsTooLong,
     base_ref,
-    build_tiny,
     check_targets_fit,
     dataset_fit_records,
     fit_images,
@@ -33,18 +35,43 @@ from tasks.modeling import (
 
 log = logging.getLogger(__name__)
 
+READER = "models/tiny-reader"
 
-def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path) -> str:
-    """The base stage: build the tiny model (tokenizer trained on train targets) or note the hub
-    id; then check that every target fits it (TargetsTooLong names those that don't)."""
+
+def check_reader(params: Params, reader_dir: str | Path) -> dict:
+    """The pretrained tiny base's report, if it was made from params.yaml's `pretrain` section."""
+    report_path = Path(reader_dir) / "pretrain.json"
+    if not report_path.is_file():
+        raise FileNotFoundError(
+            f"{reader_dir}: no pretrained tiny base (pretrain.json missing): run `make pretrain`"
+        )
+    report = json.loads(report_path.read_text())
+    want = params.pretrain.digest()
+    if report.get("params_digest") != want:
+        raise ValueError(
+            f"{reader_dir} was pretrained with other params (digest "
+            f"{report.get('params_digest')}) than params.yaml's pretrain section ({want}): "
+            "run `make pretrain`, or restore the pretrain section it was made with"
+        )
+    return report
+
+
+def run_build_base(
+    params: Params,
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    reader_dir: str | Path = READER,
+) -> str:
+    """The base stage: copy the pretrained tiny base or note the hub id; then check that every
+    target fits it (TargetsTooLong names those that don't)."""
     from tasks.dataset import load_dataset_dir
 
     out_dir = Path(out_dir)
     dd = load_dataset_dir(dataset_dir, decode_images=False)
     with atomic_dir(out_dir) as tmp:
         if params.model.base == "tiny":
-            texts = list(dd["train"]["target"]) + [params.ingest.prompt, "USER: ASSISTANT:"]
-            build_tiny(params.model.tiny, texts, tmp)
+            check_reader(params, reader_dir)
+            shutil.copytree(reader_dir, tmp, dirs_exist_ok=True)
             where: tuple[str, str | None] = (str(tmp), None)
         else:
             write_text_atomic(tmp / "BASE", base_ref(params.model))
@@ -63,16 +90,20 @@ def run_build_base(params: Params, dataset_dir: str | Path, out_dir: str | Path)
 
 def main(argv: list[str] | None = None) -> None:
     quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Build the tiny base, or record the hub base.")
+    ap = argparse.ArgumentParser(
+        description="Take the pretrained tiny base, or record the hub base; check target lengths."
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--dataset", default="artifacts/dataset")
+    ap.add_argument("--reader", default=READER, help="the pretrained tiny base (make pretrain)")
     ap.add_argument("--base", default="artifacts/base")
     args = ap.parse_args(argv)
     try:
-        print("base:", run_build_base(load_params(args.params), args.dataset, args.base))
+        base = run_build_base(load_params(args.params), args.dataset, args.base, args.reader)
     except TargetsTooLong as exc:
         print(f"base: {exc}", file=sys.stderr)
         sys.exit(1)
+    print("base:", base)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,21 @@ class SyntheticParams(_Section):
     validation: int = Field(ge=1)
     test: int = Field(ge=1)
     max_items: int = Field(ge=1)
-    width: int = Field(ge=64)
+    # The slip, in printed character cells (12 px each): columns per line (plus a one-cell
+    # right margin) and lines per slip.
+    columns: int = Field(ge=15)
+    rows: int = Field(ge=12)
     seed: int
+
+    @model_validator(mode="after")
+    def _fits(self) -> SyntheticParams:
+        # store, rule, two lines per item, rule, up to six total lines
+        if self.rows < 9 + 2 * self.max_items:
+            raise ValueError(
+                f"data.synthetic: a receipt of {self.max_items} items can take "
+                f"{9 + 2 * self.max_items} lines; rows is {self.rows}"
+            )
+        return self
 
 
 class DataParams(_Section):
@@ -67,12 +80,50 @@ class TinyModelParams(_Section):
     text_layers: int
     text_heads: int
     text_intermediate: int
-    vocab_size: int
+    max_positions: int
     seed: int
 
 
+class NaturalReadingParams(_Section):
+    """Pretraining's second phase: reading in natural order (runs of spaces collapsed, blank
+    lines dropped), so the answer-to-image offset varies as it does in JSON extraction."""
+
+    steps: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    # Held-out reading (padded and natural) every this many phase-2 steps.
+    eval_every: int = Field(ge=1)
+
+
+class PretrainParams(_Section):
+    """`make pretrain`: the embedded base learns to read printed text (tasks/pretrain.py)."""
+
+    model: TinyModelParams
+    # Phase 1, padded reading (each answer character at a fixed offset from its image cell).
+    steps: int = Field(ge=1)
+    # The cosine schedule's length: phase 1 may stop before its learning rate reaches 0.
+    schedule_steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    # Full pages of dense random text for these steps, then mixed pages (receipt-like lines).
+    curriculum_steps: int = Field(ge=1)
+    natural: NaturalReadingParams
+    # Held-out reading accuracy every this many steps: the learning curve.
+    eval_every: int = Field(ge=1)
+    eval_pages: int = Field(ge=1)
+    # Page seeds are "pretrain-<seed>-<step>-<i>": disjoint from every split of the data.
+    seed: int
+
+    def digest(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 class ModelParams(_Section):
-    # "tiny" builds the embedded model; anything else is a hub id or local path.
+    # "tiny": the embedded base, pretrained to read (models/tiny-reader, made by `make pretrain`);
+    # anything else is a hub id or local path.
     base: str
     revision: str | None
     # How a receipt fits a processor that centre-crops (llava-1.5's resizes the short edge to
@@ -80,7 +131,6 @@ class ModelParams(_Section):
     # square first, as LLaVA-1.5 was trained; "resize" it to the square, squashing it; or
     # "crop" as the processor does. Processors that don't crop (the tiny base's) are left alone.
     image_fit: Literal["pad", "resize", "crop"]
-    tiny: TinyModelParams
 
 
 class TrainParams(_Section):
@@ -99,6 +149,10 @@ class TrainParams(_Section):
     batch_size: int = Field(ge=1)
     gradient_accumulation_steps: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
+    # cosine: decays from the first step; warmup_stable_decay: holds the rate, then decays
+    # (cosine) over the last `decay_fraction` of the steps.
+    lr_scheduler: Literal["cosine", "warmup_stable_decay"]
+    decay_fraction: float = Field(gt=0, le=1)
     warmup_steps: int
     weight_decay: float
     save_steps: int = Field(ge=1)
@@ -155,6 +209,7 @@ class Params(_Section):
     data: DataParams
     ingest: IngestParams
     validate_: ValidateParams = Field(alias="validate")
+    pretrain: PretrainParams
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams

@@ -1,9 +1,9 @@
 """Base model, processor and prompt format: the tiny embedded LLaVA, or any LLaVA from the hub/a path.
 
-`model.base: tiny` builds a small LLaVA from `LlavaConfig` (CLIP vision tower + Llama)
-with a byte-level BPE tokenizer trained offline on the training targets; it never
-touches the hub. Any other value (e.g. `llava-hf/llava-1.5-7b-hf`) goes through
-`from_pretrained` on the same code path.
+`model.base: tiny` is a small LLaVA built from `LlavaConfig` (CLIP vision tower + Llama) with
+a byte-level tokenizer (one token per character), made offline and pretrained to read by
+`tasks.pretrain`; it never touches the hub. Any other value (e.g. `llava-hf/llava-1.5-7b-hf`)
+goes through `from_pretrained` on the same code path.
 """
 
 from __future__ import annotations
@@ -35,22 +35,24 @@ TINY_CHAT_TEMPLATE = (
 SKIP_4BIT = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
-def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A byte-level BPE tokenizer trained offline on `texts`, with <image> as a special token."""
+def build_tiny_tokenizer():
+    """A byte-level tokenizer with no merges: one token per printed character (one per byte
+    beyond ASCII), so every character the tiny base learns to read is a token of its own."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=len(alphabet) + len(specials),  # the alphabet alone: no merges
         special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=alphabet,
         show_progress=False,
     )
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.train_from_iterator([""], trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -62,8 +64,10 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int):
     )
 
 
-def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) -> None:
-    """Build, seed and save the tiny LLaVA and its processor (save_pretrained) to out_dir."""
+def build_tiny(p: TinyModelParams):
+    """A freshly initialised tiny LLaVA and its processor, built offline from `LlavaConfig`.
+
+    `tasks.pretrain` teaches it to read; the base stage loads the pretrained copy."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -73,7 +77,7 @@ def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) ->
         LlavaProcessor,
     )
 
-    tokenizer = build_tiny_tokenizer(texts, p.vocab_size)
+    tokenizer = build_tiny_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
@@ -92,7 +96,7 @@ def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) ->
             num_hidden_layers=p.text_layers,
             num_attention_heads=p.text_heads,
             num_key_value_heads=p.text_heads,
-            max_position_embeddings=2048,
+            max_position_embeddings=p.max_positions,
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -120,9 +124,7 @@ def build_tiny(p: TinyModelParams, texts: Iterable[str], out_dir: str | Path) ->
         num_additional_image_tokens=1,
         chat_template=TINY_CHAT_TEMPLATE,
     )
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    return model, processor
 
 
 def resolve_base(m: ModelParams, tiny_dir: str | Path) -> tuple[str, str | None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import resource
 import shutil
@@ -181,6 +182,20 @@ def base_fingerprint(base: str) -> str:
     return h.hexdigest()[:16]
 
 
+def total_steps(t: TrainParams, records: int, world: int = 1) -> int:
+    """Optimizer steps of a run, as Trainer counts them (max_steps wins when set)."""
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = max(1, math.ceil(records / (t.batch_size * world)) // t.gradient_accumulation_steps)
+    return math.ceil(t.epochs * per_epoch)
+
+
+def _scheduler_kwargs(t: TrainParams, records: int, world: int) -> dict[str, Any]:
+    if t.lr_scheduler != "warmup_stable_decay":
+        return {}
+    return {"num_decay_steps": max(1, round(t.decay_fraction * total_steps(t, records, world)))}
+
+
 def _checkpoint_dir(ckpt_dir: Path, digest: str) -> Path:
     """Checkpoints of other params, data or base are stale: discard them instead of resuming them.
 
@@ -262,7 +277,8 @@ def run_train(
         learning_rate=t.learning_rate,
         warmup_steps=t.warmup_steps,
         weight_decay=t.weight_decay,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type=t.lr_scheduler,
+        lr_scheduler_kwargs=_scheduler_kwargs(t, len(train), world),
         logging_steps=t.logging_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
@@ -274,7 +290,7 @@ def run_train(
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
         disable_tqdm=True,
-        bf16=on_gpu and t.compute_dtype == "bfloat16",
+        bf16=t.compute_dtype == "bfloat16",  # autocast on a CPU too (AMX runs bf16)
         fp16=on_gpu and t.compute_dtype == "float16",
         ddp_backend=None if on_gpu or world == 1 else "gloo",
         # frozen 4-bit base + checkpointing: every trainable param gets a grad each step

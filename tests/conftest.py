@@ -6,7 +6,10 @@ Tests build the production config through `tasks.config.Params` and then shrink 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CORD_JSON = SHARED / "cord-v1-json"
 CORD_SAMPLE = SHARED / "cord-v2-sample"
+# Small pretrained bases, one per pretrain config, shared by every test of a session.
+READERS = Path(tempfile.mkdtemp(prefix="receipt-readers-"))
+atexit.register(shutil.rmtree, READERS, ignore_errors=True)
 
 # What ../shared/cord-v2-sample/README.md says receipt_00004 holds (hand-checked).
 SAMPLE_GT_PARSE = {
@@ -47,14 +53,30 @@ def small_params(**sections):
     p.data.synthetic = p.data.synthetic.model_copy(
         update={"train": 12, "validation": 4, "test": 4, "max_items": 2}
     )
-    p.model.tiny = p.model.tiny.model_copy(
+    # A smaller pretraining config: a 48-px, 4x4-cell base pretrained for a few steps. It
+    # cannot read, but it is built, saved and loaded by the same code as models/tiny-reader.
+    p.pretrain = p.pretrain.model_copy(
         update={
-            "image_size": 64,
-            "patch_size": 32,
-            "vision_hidden": 32,
-            "text_hidden": 64,
-            "text_intermediate": 128,
-            "vocab_size": 400,
+            "model": p.pretrain.model.model_copy(
+                update={
+                    "image_size": 48,
+                    "vision_hidden": 32,
+                    "vision_layers": 1,
+                    "text_hidden": 64,
+                    "text_layers": 2,
+                    "text_intermediate": 128,
+                }
+            ),
+            "steps": 4,
+            "schedule_steps": 4,
+            "batch_size": 2,
+            "warmup_steps": 1,
+            "curriculum_steps": 2,
+            "natural": p.pretrain.natural.model_copy(
+                update={"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_every": 2}
+            ),
+            "eval_every": 4,
+            "eval_pages": 2,
         }
     )
     p.train = p.train.model_copy(
@@ -69,15 +91,26 @@ def small_params(**sections):
     return p
 
 
+def small_reader(params) -> Path:
+    """models/tiny-reader for `params` (small_params: a few seconds), built once per session."""
+    from tasks.pretrain import run_pretrain
+
+    out = READERS / params.pretrain.digest()
+    if not (out / "pretrain.json").is_file():
+        run_pretrain(params.pretrain, out)
+    return out
+
+
 def make_project(root: Path, params) -> Path:
     """A fresh clone-like project: this repo's code, dvc.yaml and .gitignore, the given params,
-    git and DVC initialised with a local remote, the code committed."""
-    import shutil
+    a tiny base pretrained with them in models/tiny-reader, git and DVC initialised with a
+    local remote, everything committed."""
     import subprocess
 
     import yaml
 
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(small_reader(params), root / "models" / "tiny-reader")
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     write_params(root, params)
@@ -148,7 +181,7 @@ def base_dir(tmp_path_factory, params, dataset_dir):
     from tasks.base import run_build_base
 
     out = tmp_path_factory.mktemp("base") / "base"
-    run_build_base(params, dataset_dir, out)
+    run_build_base(params, dataset_dir, out, small_reader(params))
     return out
 
 

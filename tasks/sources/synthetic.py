@@ -1,4 +1,8 @@
-"""A seeded, deterministic generator of CORD-v2-shaped receipts, rendered with PIL.
+"""A seeded, deterministic generator of CORD-v2-shaped receipts, printed like a thermal slip.
+
+Each receipt is printed with Pillow's bundled monospaced bitmap font on a grid of 12-px
+character cells (`columns` wide plus a one-cell right margin, `rows` tall), as a thermal
+printer prints, with its amounts right-aligned.
 
 The embedded default data source: no downloads, same bytes for the same params.
 """
@@ -9,12 +13,12 @@ import json
 import random
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tasks.config import SyntheticParams
 from tasks.receipt_json import to_target
 from tasks.sources import RawRecord
-from tasks.sources.render import font, paper, png_bytes
+from tasks.sources.render import png_bytes, print_lines
 
 MENU_NAMES = [
     "ICE BLACKCOFFE",
@@ -42,7 +46,7 @@ MENU_NAMES = [
     "CROISSANT",
     "DIMSUM",
 ]
-STORES = ["WARUNG SEDERHANA", "KOPI KENANGAN", "CAFE NUSANTARA", "RESTO BAHAGIA", "TOKO ROTI"]
+STORES = ["WARUNG SEDERHAN", "KOPI KENANGAN", "CAFE NUSANTARA", "RESTO BAHAGIA", "TOKO ROTI"]
 
 
 def fmt(amount: int) -> str:
@@ -55,7 +59,7 @@ def make_gt_parse(rng: random.Random, max_items: int) -> tuple[dict[str, Any], d
     items = []
     for name in rng.sample(MENU_NAMES, rng.randint(1, max_items)):
         cnt = rng.randint(1, 3)
-        unit = rng.randint(10, 190) * 500
+        unit = rng.randint(10, 99_000 // (cnt * 500)) * 500  # a line price fits 6 characters
         item: dict[str, Any] = {"nm": name, "cnt": str(cnt), "price": fmt(cnt * unit)}
         if cnt > 1 and rng.random() < 0.5:
             item["unitprice"] = fmt(unit)
@@ -85,50 +89,53 @@ def make_gt_parse(rng: random.Random, max_items: int) -> tuple[dict[str, Any], d
     return gt, {"store": rng.choice(STORES), "items": items}
 
 
-def render(
-    gt: dict[str, Any], store: str, items: list[dict[str, Any]], width: int, rng: random.Random
-) -> Image.Image:
-    """Lay the receipt out line by line: store, items, totals; font size and layout vary."""
-    size = rng.randint(13, 19)
-    f = font(size)
-    line_h = int(size * 1.45)
-    two_line_items = rng.random() < 0.4  # "NAME" then "2 x 15,000   30,000" on its own line
-    lines: list[tuple[str, str]] = [(store, "")]
-    lines.append(("-" * 40, ""))
+LABELS = {
+    "subtotal_price": "SUBTTL",
+    "service_price": "SERVICE",
+    "tax_price": "TAX 10%",
+    "total_price": "TOTAL",
+    "cashprice": "CASH",
+    "changeprice": "CHANGE",
+}
+
+
+def slip_lines(
+    gt: dict[str, Any], store: str, items: list[dict[str, Any]], cols: int, rng: random.Random
+) -> list[str]:
+    """The receipt as a thermal printer prints it: `cols`-character lines, amounts right-aligned."""
+
+    def row(left: str, right: str = "") -> str:
+        if len(left) + len(right) + (1 if right else 0) > cols:
+            raise ValueError(f"{left!r} + {right!r} does not fit a {cols}-column line")
+        return left.ljust(cols - len(right)) + right
+
+    lines = [row(store), "-" * cols]
     for it in items:
-        if two_line_items:
-            lines.append((it["nm"], ""))
-            unit = it.get("unitprice", "")
-            lines.append((f"  {it['cnt']} x {unit}" if unit else f"  {it['cnt']}", it["price"]))
-        else:
-            lines.append((f"{it['cnt']} {it['nm']}", it["price"]))
-    lines.append(("-" * 40, ""))
-    labels = {
-        "subtotal_price": "SUBTOTAL",
-        "service_price": "SERVICE",
-        "tax_price": "TAX 10%",
-        "total_price": "TOTAL",
-        "cashprice": "CASH",
-        "changeprice": "CHANGE",
-    }
+        unit = it.get("unitprice")
+        one_line = f"{it['cnt']} {it['nm']}"
+        if not unit and len(one_line) + 1 + len(it["price"]) <= cols and rng.random() < 0.5:
+            lines.append(row(one_line, it["price"]))
+        else:  # "NAME" then "2x15,000  30,000" on its own line
+            lines.append(row(it["nm"]))
+            lines.append(row(f"{it['cnt']}x{unit}" if unit else f"  {it['cnt']}", it["price"]))
+    lines.append("-" * cols)
     for group in ("sub_total", "total"):
         for key, value in gt.get(group, {}).items():
-            lines.append((labels[key], value))
-    margin = rng.randint(8, 24)
-    height = margin * 2 + line_h * (len(lines) + 1)
-    img = paper(width, height, rng)
-    draw = ImageDraw.Draw(img)
-    y = margin
-    for left, right in lines:
-        if left.startswith("-"):
-            draw.line((margin, y + line_h // 2, width - margin, y + line_h // 2), fill=(90, 90, 90))
-        else:
-            draw.text((margin, y), left, font=f, fill=(25, 25, 25))
-            if right:
-                w = draw.textlength(right, font=f)
-                draw.text((width - margin - w, y), right, font=f, fill=(25, 25, 25))
-        y += line_h
-    return img
+            lines.append(row(LABELS[key], value))
+    return lines
+
+
+def render(
+    gt: dict[str, Any],
+    store: str,
+    items: list[dict[str, Any]],
+    p: SyntheticParams,
+    rng: random.Random,
+) -> Image.Image:
+    """Print the receipt from the top of a (columns + 1) x rows slip, one glyph per 12-px cell;
+    the last column is the right margin."""
+    lines = slip_lines(gt, store, items, p.columns, rng)
+    return print_lines(lines, p.columns + 1, p.rows, 0, rng)
 
 
 def generate(p: SyntheticParams) -> list[RawRecord]:
@@ -138,7 +145,7 @@ def generate(p: SyntheticParams) -> list[RawRecord]:
         for i in range(n):
             rng = random.Random(f"{p.seed}-{split}-{i}")
             gt, extra = make_gt_parse(rng, p.max_items)
-            img = render(gt, extra["store"], extra["items"], p.width, rng)
+            img = render(gt, extra["store"], extra["items"], p, rng)
             rid = f"synthetic-{split}-{i:05d}"
             ground_truth = {
                 "gt_parse": json.loads(to_target(gt)),

@@ -9,6 +9,7 @@ from tasks.dataset import load_dataset_dir
 from tasks.ingest import run_ingest
 from tasks.receipt_json import parse_target
 from tasks.sources import parse_source
+from tasks.sources.render import CELL
 from tasks.sources.synthetic import generate
 from tests.conftest import CORD_JSON, CORD_SAMPLE, REPO, SAMPLE_GT_PARSE, needs, small_params
 
@@ -28,7 +29,7 @@ def test_synthetic_generator_is_deterministic():
 def test_synthetic_ground_truth_is_cord_v2_shaped():
     records = generate(
         small_params().data.synthetic.model_copy(
-            update={"train": 30, "validation": 1, "test": 1, "max_items": 4}
+            update={"train": 30, "validation": 1, "test": 1, "max_items": 3}
         )
     )
     splits = {r.split for r in records}
@@ -72,7 +73,10 @@ def test_ingest_round_trip_on_synthetic(tmp_path):
             assert (
                 parse_target(r["target"]) == json.loads(meta[r["id"]]["ground_truth"])["gt_parse"]
             )
-            assert r["image"].size[0] == p.data.synthetic.width
+            assert r["image"].size == (
+                p.data.synthetic.columns * CELL,
+                p.data.synthetic.rows * CELL,
+            )
 
 
 def test_snapshot_is_written_atomically(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from tasks.modeling import TargetsTooLong
 from tasks.sources import RawRecord, write_snapshot
 from tasks.sources.synthetic import generate
 from tasks.train import run_train
-from tests.conftest import small_params
+from tests.conftest import small_params, small_reader
 
 
 def test_an_overlong_target_is_named_by_the_base_and_the_train_stage(tmp_path, base_dir):
@@ -30,7 +30,7 @@ def test_an_overlong_target_is_named_by_the_base_and_the_train_stage(tmp_path, b
     run_ingest(p.ingest, tmp_path / "data", tmp_path / "ds")
 
     with pytest.raises(TargetsTooLong) as err:
-        run_build_base(p, tmp_path / "ds", tmp_path / "base")
+        run_build_base(p, tmp_path / "ds", tmp_path / "base", small_reader(p))
     message = str(err.value)
     assert message.startswith("1 record(s) do not fit the base's 2048 positions")
     assert f"- train/{r.id}: field target is " in message
@@ -47,7 +47,7 @@ def test_targets_that_fit_pass_and_the_longest_sequence_is_counted(params, datas
     from tasks.modeling import check_targets_fit, dataset_fit_records, load_processor
     from tasks.train import max_length_for
 
-    base = run_build_base(params, dataset_dir, tmp_path / "base")
+    base = run_build_base(params, dataset_dir, tmp_path / "base", small_reader(params))
     processor = load_processor(base)
     dd = load_dataset_dir(dataset_dir, decode_images=False)
     longest = check_targets_fit(

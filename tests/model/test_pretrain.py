@@ -1,0 +1,91 @@
+"""The embedded base: pretraining teaches reading, and the shipped base can read."""
+
+import json
+import random
+
+import pytest
+
+from tasks.base import READER, check_reader
+from tasks.config import load_params
+from tasks.modeling import build_tiny
+from tasks.pretrain import eval_pages, reading_accuracy, reading_loss, reading_page, run_pretrain
+from tasks.sources.render import CELL
+from tests.conftest import REPO, small_params
+
+
+def test_reading_pages_are_deterministic_and_keep_the_printed_spacing():
+    a = reading_page(random.Random("x"), 20, 20, 12)
+    b = reading_page(random.Random("x"), 20, 20, 12)
+    assert a[1] == b[1] and a[0].tobytes() == b[0].tobytes()
+    assert a[1].endswith("\n")
+    lines = a[1].split("\n")[:-1]
+    assert len(lines) == 12 and all(len(line) == 20 for line in lines) and lines[-1].strip()
+    assert a[0].size == (21 * CELL, 20 * CELL)  # plus the right-margin cell
+
+
+def test_a_short_pretraining_run_lowers_the_reading_loss(tmp_path):
+    p = small_params().pretrain.model_copy(
+        update={
+            "steps": 60,
+            "schedule_steps": 60,
+            "batch_size": 8,
+            "learning_rate": 3e-3,
+            "warmup_steps": 5,
+            "curriculum_steps": 30,
+            "eval_every": 30,
+            "natural": small_params().pretrain.natural.model_copy(
+                update={"steps": 10, "batch_size": 4, "eval_every": 10}
+            ),
+        }
+    )
+    pages = eval_pages(p.model_copy(update={"eval_pages": 16}))
+    model, processor = build_tiny(p.model)
+    before = reading_loss(model, processor, pages)
+    report = run_pretrain(p, tmp_path / "reader")
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    trained = LlavaForConditionalGeneration.from_pretrained(tmp_path / "reader")
+    after = reading_loss(trained, AutoProcessor.from_pretrained(tmp_path / "reader"), pages)
+    assert after < 0.8 * before, (before, after)
+    saved = json.loads((tmp_path / "reader" / "pretrain.json").read_text())
+    assert saved["params_digest"] == p.digest() and saved["curve"] == report["curve"]
+    steps = [(c["phase"], c["step"]) for c in saved["curve"]]
+    assert steps == [("padded", 0), ("padded", 30), ("padded", 60), ("natural", 10)]
+    assert 0 <= saved["curve"][-1]["natural_char_similarity"] <= 1
+
+
+def test_the_shipped_base_matches_params_and_reads_held_out_pages():
+    """models/tiny-reader: made by `make pretrain` from params.yaml's pretrain section, ≤ 25 MB,
+    and it reads pages it never saw (measured here, not taken from its report)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    params = load_params(REPO / "params.yaml")
+    reader = REPO / READER
+    check_reader(params, reader)  # raises unless pretrain.json's digest is params.yaml's
+    assert (reader / "model.safetensors").stat().st_size <= 25 * 2**20
+    pages = eval_pages(params.pretrain.model_copy(update={"eval_pages": 8, "seed": 12345}))
+    model = LlavaForConditionalGeneration.from_pretrained(reader)
+    similarity, _ = reading_accuracy(model, AutoProcessor.from_pretrained(reader), pages)
+    assert similarity >= 0.9, similarity
+
+
+def test_natural_reading_collapses_spaces_and_drops_blank_lines():
+    from tasks.pretrain import natural_text
+
+    assert (
+        natural_text("TOTAL      88,550\n     \n  CASH 100,000 \n")
+        == "TOTAL 88,550\nCASH 100,000\n"
+    )
+
+
+def test_the_base_stage_refuses_a_reader_from_other_params(tmp_path, dataset_dir):
+    from tasks.base import run_build_base
+
+    params = small_params()
+    other = params.model_copy(deep=True)
+    other.pretrain = other.pretrain.model_copy(update={"steps": 5})
+    from tests.conftest import small_reader
+
+    with pytest.raises(ValueError, match="pretrained with other params.*make pretrain"):
+        run_build_base(other, dataset_dir, tmp_path / "base", small_reader(params))
+    assert not (tmp_path / "base").exists()

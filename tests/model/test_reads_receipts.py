@@ -1,0 +1,90 @@
+"""The embedded default reads: QLoRA on the shipped pretrained base (models/tiny-reader) gives
+answers that follow the image, and the gate tells a trained challenger from an under-trained one.
+
+These fine-tune the real default base with the default recipe for 450 steps instead of 1,200
+(~8 minutes on 2 cores), so they are `slow`; CI runs them. Before the pretrained base, the
+fine-tuned tiny model gave one of two answers for every receipt: these tests failed on it.
+"""
+
+import json
+
+import pytest
+
+from tasks.base import READER, run_build_base
+from tasks.config import load_params
+from tasks.data import run_data
+from tasks.evaluate import run_evaluate
+from tasks.gate import decide
+from tasks.ingest import run_ingest
+from tasks.train import run_train
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TRAIN_RECORDS, TEST_RECORDS, STEPS = 1200, 16, 450
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reads")
+    p = load_params(REPO / "params.yaml")
+    p.data.synthetic = p.data.synthetic.model_copy(
+        update={"train": TRAIN_RECORDS, "validation": 4, "test": TEST_RECORDS}
+    )
+    p.train = p.train.model_copy(update={"max_steps": STEPS, "save_steps": 10_000})
+    run_data(p.data, root / "data")
+    run_ingest(p.ingest, root / "data", root / "dataset")
+    run_build_base(p, root / "dataset", root / "base", REPO / READER)
+    return p, root
+
+
+def finetune(p, root, steps: int, name: str) -> dict:
+    p = p.model_copy(update={"train": p.train.model_copy(update={"max_steps": steps})})
+    out = root / name
+    run_train(p, root / "dataset", root / "base", out / "adapter", out / "ckpt", out / "t.json")
+    metrics = run_evaluate(
+        p, root / "dataset", root / "base", out / "adapter", out / "m.json", out / "p.jsonl"
+    )
+    rows = [json.loads(line) for line in (out / "p.jsonl").read_text().splitlines()]
+    return {"metrics": metrics, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    p, root = project
+    return finetune(p, root, STEPS, "trained")
+
+
+def test_answers_follow_the_image(trained):
+    """Receipts with different totals get different total_price values.
+
+    450 steps of QLoRA do not yet read the amounts (the default's 1,200 steps do:
+    docs/benchmarks.md), so the totals here are the model's guesses from what it read; the
+    random tiny base before the reader gave 2 answers for 20 receipts and failed this."""
+    totals, said_totals = set(), set()
+    for r in trained["rows"]:
+        truth, said = json.loads(r["target"]), r["parsed"] or {}
+        totals.add((truth.get("total") or {}).get("total_price"))
+        said_totals.add((said.get("total") or {}).get("total_price"))
+    assert len(totals) >= 12, totals
+    assert len(said_totals) >= 4, said_totals
+    m = trained["metrics"]
+    assert m["distinct_answers"] >= 0.9 and m["json_valid_rate"] >= 0.9, m
+    assert m["base_json_valid_rate"] <= 0.1, m  # the base reads, but does not answer in JSON
+    # Not asserted: which fields 450 steps read exactly varies from run to run (item names
+    # 3 / 29 to about half in runs of this recipe); the 1,200-step default reads most.
+
+
+def test_gate_refuses_an_undertrained_challenger_and_promotes_a_trained_one(project, trained):
+    p, root = project
+    under = finetune(p, root, STEPS // 10, "under")
+    good, bad = trained["metrics"], under["metrics"]
+    champion = {"version": "1", **good}
+    refused = decide(bad, p, champion)
+    assert not refused["passed"]
+    lost = [c for c in refused["criteria"] if not c["passed"]]
+    assert lost and all(c["margin"] < 0 for c in lost)
+    promoted = decide(good, p, {"version": "1", **bad})
+    assert promoted["passed"]
+    primary = p.gate.primary_metric
+    assert good[primary] - bad[primary] >= p.gate.min_improvement
