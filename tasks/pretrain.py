@@ -204,19 +204,36 @@ def reading_accuracy(
     return sum(sims) / len(sims), exact / len(records)
 
 
+def _optimizer(model, learning_rate: float, warmup_steps: int, horizon: int):
+    """AdamW with linear warmup, then a cosine over `horizon` steps (the rate stays at 0 after)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+
+    def lr_factor(i: int) -> float:
+        warm = min(1.0, (i + 1) / max(1, warmup_steps))
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, i / horizon)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
+def _step(model, collator, batch: list[dict[str, Any]], opt, sched) -> float:
+    """One optimizer step on `batch` (bf16 autocast, gradients clipped to 1); its loss."""
+    inputs = {k: v.to(model.device) for k, v in collator(batch).items()}
+    with torch.autocast(model.device.type, dtype=torch.bfloat16):
+        loss = model(**inputs).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 def _train_steps(model, processor, p: PretrainParams, steps: range, log_every: int = 50):
     """Train `model` on fresh pages for `steps`, yielding (step, loss) after each step."""
-    device = model.device
     cells = processor.image_processor.size["height"] // CELL
     full = [dense_page(random.Random(0), cells)[1]]
     collator = ReceiptCollator(processor, READ_PROMPT, max_length_for(processor, READ_PROMPT, full))
-    opt = torch.optim.AdamW(model.parameters(), lr=p.learning_rate, weight_decay=0.01)
-
-    def lr_factor(i: int) -> float:
-        warm = min(1.0, (i + 1) / max(1, p.warmup_steps))
-        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, i / p.schedule_steps)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    opt, sched = _optimizer(model, p.learning_rate, p.warmup_steps, p.schedule_steps)
     t0, ema = time.perf_counter(), None
     for step in steps:
         rng = random.Random(f"pretrain-{p.seed}-{step}")
@@ -227,15 +244,8 @@ def _train_steps(model, processor, p: PretrainParams, steps: range, log_every: i
             else:
                 image, text = reading_page(rng, cells - 1, cells, rng.randint(1, cells))
             batch.append({"id": f"train-{step}-{i}", "image": image, "target": text})
-        inputs = {k: v.to(device) for k, v in collator(batch).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        loss = _step(model, collator, batch, opt, sched)
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
         if step % log_every == 0:
             rate = (step - steps.start + 1) * p.batch_size / (time.perf_counter() - t0)
             print(f"pretrain step {step} loss {ema:.4f} ({rate:.1f} pages/s)", flush=True)
@@ -246,20 +256,13 @@ def _natural_steps(model, processor, p: PretrainParams, log_every: int = 50):
     """Phase 2: fresh pages, three batches in four read in natural order (the rest padded, so
     phase 1's reading is kept); yields (step, loss of the natural batches) after each step."""
     n = p.natural
-    device = model.device
     cells = processor.image_processor.size["height"] // CELL
     full = [dense_page(random.Random(0), cells)[1]]
     collators = {
         prompt: ReceiptCollator(processor, prompt, max_length_for(processor, prompt, full))
         for prompt in (READ_PROMPT, NATURAL_PROMPT)
     }
-    opt = torch.optim.AdamW(model.parameters(), lr=n.learning_rate, weight_decay=0.01)
-
-    def lr_factor(i: int) -> float:
-        warm = min(1.0, (i + 1) / max(1, n.warmup_steps))
-        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, i / n.steps)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    opt, sched = _optimizer(model, n.learning_rate, n.warmup_steps, n.steps)
     t0, ema = time.perf_counter(), None
     for step in range(1, n.steps + 1):
         rng = random.Random(f"pretrain-{p.seed}-natural-{step}")
@@ -273,17 +276,11 @@ def _natural_steps(model, processor, p: PretrainParams, log_every: int = 50):
             else:
                 image, text = reading_page(rng, cells - 1, cells, lines)
             batch.append({"id": f"natural-{step}-{i}", "image": image, "target": text})
-        collator = collators[NATURAL_PROMPT if natural else READ_PROMPT]
-        inputs = {k: v.to(device) for k, v in collator(batch).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss = _step(
+            model, collators[NATURAL_PROMPT if natural else READ_PROMPT], batch, opt, sched
+        )
         if natural:
-            ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+            ema = loss if ema is None else 0.9 * ema + 0.1 * loss
         if step % log_every == 0:
             rate = step * n.batch_size / (time.perf_counter() - t0)
             print(f"pretrain natural step {step} loss {ema:.4f} ({rate:.1f} pages/s)", flush=True)
