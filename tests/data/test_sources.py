@@ -73,8 +73,8 @@ def test_ingest_round_trip_on_synthetic(tmp_path):
             assert (
                 parse_target(r["target"]) == json.loads(meta[r["id"]]["ground_truth"])["gt_parse"]
             )
-            assert r["image"].size == (
-                p.data.synthetic.columns * CELL,
+            assert r["image"].size == (  # plus the right-margin cell
+                (p.data.synthetic.columns + 1) * CELL,
                 p.data.synthetic.rows * CELL,
             )
 
