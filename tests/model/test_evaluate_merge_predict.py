@@ -64,12 +64,16 @@ def test_cord_real_bench_scores_every_rendered_real_receipt(params, base_dir, tr
             "--cord", str(tmp_path / "cord"),
             "--base", str(base_dir),
             "--adapter", str(trained["adapter"]),
-            "--out", str(out),
+            "--work", str(out),
+            "--report", str(tmp_path / "report.json"),
         ]
     )  # fmt: skip
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["ingested_splits"] == {"train": 3, "validation": 2, "test": 0}
     assert report["scored"] == 5 and report["metrics"]["n"] == 5
+    heights = report["word_height_px"]  # CORD's words at the base's input side (48 px here)
+    assert heights["image_side"] == params.pretrain.model.image_size and heights["words"] > 100
+    assert 0 < heights["median"] <= heights["p90"] < 48
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     ingested = load_dataset_dir(out / "dataset")
     assert sorted(r["id"] for r in rows) == sorted(
