@@ -139,25 +139,17 @@ def reading_page(
     return print_lines(lines, cols + 1, rows, 0, rng), page_text(lines)
 
 
-def eval_pages(p: PretrainParams) -> list[dict[str, Any]]:
-    """Held-out pages of half a slip to a full slip, from seeds training never draws."""
+def eval_pages(p: PretrainParams, natural: bool = False) -> list[dict[str, Any]]:
+    """Held-out pages of half a slip to a full slip, from seeds training never draws; with
+    `natural`, phase 2's own pages, their targets in natural reading order."""
     cells = p.model.image_size // CELL
+    prefix = "natural-eval" if natural else "eval"
     out = []
     for i in range(p.eval_pages):
-        rng = random.Random(f"pretrain-{p.seed}-eval-{i}")
+        rng = random.Random(f"pretrain-{p.seed}-{prefix}-{i}")
         image, text = reading_page(rng, cells - 1, cells, rng.randint(max(1, cells // 2), cells))
-        out.append({"id": f"eval-{i}", "image": image, "target": text})
-    return out
-
-
-def natural_eval_pages(p: PretrainParams) -> list[dict[str, Any]]:
-    """Held-out pages for phase 2, their targets in natural reading order."""
-    cells = p.model.image_size // CELL
-    out = []
-    for i in range(p.eval_pages):
-        rng = random.Random(f"pretrain-{p.seed}-natural-eval-{i}")
-        image, text = reading_page(rng, cells - 1, cells, rng.randint(max(1, cells // 2), cells))
-        out.append({"id": f"natural-eval-{i}", "image": image, "target": natural_text(text)})
+        target = natural_text(text) if natural else text
+        out.append({"id": f"{prefix}-{i}", "image": image, "target": target})
     return out
 
 
@@ -301,7 +293,7 @@ def run_pretrain(
     curve: list[dict[str, Any]] = []
     model.to(device).train()
     eval_set = eval_pages(p)
-    natural_set = natural_eval_pages(p)
+    natural_set = eval_pages(p, natural=True)
 
     def evaluate(phase: str, step: int, pages: int, loss: float | None) -> None:
         sim, exact = reading_accuracy(model, processor, eval_set)
