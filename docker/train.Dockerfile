@@ -48,7 +48,8 @@ RUN mkdir tasks flows bench && pip install --no-cache-dir ".[server]"  # exact p
 COPY tasks ./tasks
 COPY flows ./flows
 COPY bench ./bench
-RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
+RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info \
+ && mkdir -p /work/checkout && chown 10001:10001 /work/checkout  # the train stage's own checkout
 
 USER 10001:10001
 WORKDIR /home/worker

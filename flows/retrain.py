@@ -5,7 +5,9 @@
 DVC decides what is stale (each task runs `dvc repro --single-item <stage>` in the repo);
 Prefect adds retries, timeouts, logs, artifacts and where a step runs. The train stage runs
 in-process locally, or as its own deployment on a GPU work pool when
-RECEIPT_TRAIN_DEPLOYMENT names one (e.g. `train-stage/gpu`, see prefect.yaml).
+RECEIPT_TRAIN_DEPLOYMENT names one (e.g. `train-stage/gpu`, see prefect.yaml). That host
+shares no disk with this one: it trains this checkout's commit in its own clone, its deps
+and outs travel through the DVC remote and its dvc.lock entry comes back (tasks/handover.py).
 """
 
 from __future__ import annotations
@@ -38,11 +40,14 @@ class StageFailed(RuntimeError):
     pass
 
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+HANDBACK_KEY = "train-handback"
+
+
+def dvc(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`dvc …` in the repo; stages see the repo's tracking URI (env, else its mlflow.db)."""
     from tasks.tracking import tracking_uri
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(repo)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(repo), **(env or {})}
     return subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, env=env)
 
 
@@ -60,8 +65,8 @@ def refresh_data(repo: str, source: str | None) -> str:
     return result["md5"]
 
 
-def _repro(repo: str, stage: str) -> str:
-    done = dvc(Path(repo), "repro", "--single-item", stage)
+def _repro(repo: str, stage: str, env: dict[str, str] | None = None) -> str:
+    done = dvc(Path(repo), "repro", "--single-item", stage, env=env)
     if done.returncode != 0:
         raise StageFailed(f"stage {stage!r} failed:\n{(done.stderr or done.stdout)[-4000:]}")
     ran = f"Running stage '{stage}'" in done.stdout
@@ -91,9 +96,91 @@ def repro_stage(repo: str, stage: str) -> str:
 
 
 @flow(name="train-stage")
-def train_stage(repo: str) -> str:
-    """The train stage alone: deployed on the GPU work pool, started by the retrain flow."""
-    return _repro(repo, "train")
+def train_stage(request: dict[str, Any], workdir: str | None = None) -> dict[str, Any]:
+    """The train stage on a GPU host (deployed on the GPU work pool, started by the retrain
+    flow): `request`'s commit checked out in `workdir` (default: RECEIPT_TRAIN_CHECKOUT, a
+    checkout the worker keeps, else the run's own clone; cloned if absent), train's deps
+    pulled from the DVC remote, `dvc repro --single-item train` pushing a checkpoint every
+    `remote.checkpoint_every` steps, its outs pushed. Returns the handback, and publishes it
+    as the run's `train-handback` artifact (the pipeline's host reads it from there)."""
+    from tasks import handover
+    from tasks.checkpoints import EVERY_ENV
+    from tasks.config import load_params
+
+    logger = get_run_logger()
+    workdir = workdir or os.environ.get("RECEIPT_TRAIN_CHECKOUT") or "."
+    wd = handover.checkout(workdir, request["url"], request["commit"])
+    logger.info("train: %s at %s (for %s)", wd, request["commit"][:12], request.get("from"))
+    handover.receive(wd, request)
+    every = load_params(wd / "params.yaml").remote.checkpoint_every
+    _repro(str(wd), "train", env={EVERY_ENV: str(every)})
+    back = handover.handback(wd)
+    summary = json.loads(back["files"]["reports/train.json"])
+    create_markdown_artifact(
+        f"# Train stage on {back['host']} ({back['device']})\n\n"
+        f"{summary['steps']} steps ({summary['steps_this_run']} in this run, resumed from step "
+        f"{summary['resumed_from_step']}), commit `{back['commit'][:12]}`, outs pushed to the "
+        f"DVC remote. The dvc.lock entry and small outputs:\n\n```json\n{json.dumps(back)}\n```\n",
+        key=HANDBACK_KEY,
+        description="what the pipeline's host applies: dvc.lock entry + uncached outs",
+    )
+    return back
+
+
+def read_handback(flow_run_id: Any) -> dict[str, Any]:
+    """The `train-handback` artifact of a train-stage run, parsed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[HANDBACK_KEY])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        )
+    if not found:
+        raise StageFailed(f"train-stage run {flow_run_id}: completed without a handback")
+    text = str(found[-1].data)
+    return json.loads(text.split("```json\n", 1)[1].rsplit("\n```", 1)[0])
+
+
+@task(retries=2, retry_delay_seconds=10)
+def train_remote(repo: str, deployment: str) -> dict[str, Any]:
+    """Hand the train stage to `deployment` (a GPU pool), then take its outputs in.
+
+    A run that fails or crashes (a killed process, a lost host) is retried; the retry resumes
+    from the last checkpoint the failed one pushed to the DVC remote."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    from tasks import handover
+
+    req = handover.request(repo)
+    run = cast(
+        FlowRun,
+        run_deployment(deployment, parameters={"request": req}, timeout=STAGE_TIMEOUT_S["train"]),
+    )
+    if run.state and not run.state.is_final():  # timed out waiting: stop it before a retry
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(message="timed out"), force=True)
+    if not run.state or not run.state.is_completed():
+        raise StageFailed(f"train deployment {deployment}: run {run.name} {run.state}")
+    back = read_handback(run.id)
+    handover.apply(repo, back)
+    get_run_logger().info(
+        "train: ran on %s (%s) in %s; dvc.lock entry applied, adapter pulled",
+        back["host"],
+        back["device"],
+        back["workdir"],
+    )
+    return back
 
 
 @task(retries=2, retry_delay_seconds=15, timeout_seconds=1800)
@@ -187,12 +274,7 @@ def retrain(
             continue
         try:
             if stage == "train" and train_deployment:
-                from prefect.client.schemas.objects import FlowRun
-                from prefect.deployments import run_deployment
-
-                run = cast(FlowRun, run_deployment(train_deployment, parameters={"repo": repo}))
-                if not run.state or not run.state.is_completed():
-                    raise StageFailed(f"train deployment {train_deployment}: {run.state}")
+                train_remote(repo, train_deployment)
                 ran[stage] = "remote"
             else:
                 # a failed gate is a verdict, not a flake: no retry

@@ -205,6 +205,13 @@ class RegisterParams(_Section):
     artifact: Literal["auto", "merged", "adapter"]
 
 
+class RemoteParams(_Section):
+    # The train stage on a GPU host that shares no disk (RECEIPT_TRAIN_DEPLOYMENT, flows/retrain.py):
+    # push its checkpoint to the DVC remote every this many steps (0 = never), so that a retried
+    # run resumes from it on any host. Pushes happen on the Trainer's saves (train.save_steps).
+    checkpoint_every: int = Field(ge=0)
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams
@@ -215,6 +222,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     gate: GateParams
     register_: RegisterParams = Field(alias="register")
+    remote: RemoteParams
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

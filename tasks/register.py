@@ -18,6 +18,7 @@ import argparse
 import csv
 import hashlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,12 @@ def run_register(
             "artifact": artifact,
             "model_digest": digest,
             "primary_metric": params.gate.primary_metric,
+            # where it was trained (a GPU host, README "Scaling out") and registered
+            "trained_on.host": str(train.get("host", "unknown")),
+            "trained_on.workdir": str(train.get("workdir", "unknown")),
+            "trained_on.device": str(train.get("device_name", "unknown")),
+            "registered_on.host": socket.gethostname(),
+            "registered_on.workdir": str(repo.resolve()),
         }
     )
     if gate.get("champion"):

@@ -1,7 +1,9 @@
 """Train stage: QLoRA (4-bit NF4 base + LoRA through peft) with transformers' Trainer.
 
 Checkpoints every `save_steps`; a rerun after a crash resumes from the last one
-(checkpoints from different params are discarded, never resumed). Writes the
+(checkpoints from different params are discarded, never resumed). When the remote train
+flow sets RECEIPT_CHECKPOINT_EVERY, checkpoints go to the DVC remote every that many steps
+and a rerun on any host resumes from the last pushed one (tasks/checkpoints.py). Writes the
 adapter + processor and a training summary (steps, loss curve, samples/s, peak memory).
 
 With more than one process (`train.num_processes`, or RECEIPT_NUM_PROCESSES; "auto" = one
@@ -18,6 +20,7 @@ import math
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 
+from tasks.checkpoints import CheckpointStore, PushCheckpoints, push_every
 from tasks.config import Params, TrainParams, load_params
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic, write_text_atomic
 from tasks.modeling import (
@@ -296,17 +300,28 @@ def run_train(
         # frozen 4-bit base + checkpointing: every trainable param gets a grad each step
         ddp_find_unused_parameters=False if world > 1 else None,
     )
+    every = push_every()
+    store = CheckpointStore(Path.cwd(), run_digest) if every else None
+    pulled = None
     with args.main_process_first(local=False, desc="checkpoint dir"):
         if args.process_index == 0:
             _checkpoint_dir(Path(ckpt_dir), run_digest)
+            if store is not None:  # the last pushed checkpoint, wherever it was trained
+                pulled = store.restore(Path(ckpt_dir))
     ckpt = Path(ckpt_dir)
     collator = ReceiptCollator(processor, params.ingest.prompt, max_length)
     for record in train:  # fail before training, naming the record, if any target is too long
         collator.encode(record)
-    trainer = Trainer(
-        model=model, args=args, train_dataset=train, data_collator=collator, callbacks=callbacks
-    )
     resume = get_last_checkpoint(str(ckpt))
+    start_step = int(Path(resume).name.rsplit("-", 1)[1]) if resume else 0
+    pusher = PushCheckpoints(store, every, start_step) if store is not None else None
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        data_collator=collator,
+        callbacks=[*(callbacks or []), *([pusher] if pusher else [])],
+    )
     if resume:
         log.info("resuming from %s", resume)
     start = time.perf_counter()
@@ -329,6 +344,16 @@ def run_train(
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "resumed_from": resume,
+        "resumed_from_step": start_step,
+        "steps_this_run": trainer.state.global_step - start_step,
+        "checkpoints": {
+            "remote": store.remote if store else None,
+            "pulled_step": pulled,
+            "pushed_steps": pusher.pushed if pusher else [],
+        },
+        "host": socket.gethostname(),
+        "workdir": str(Path.cwd()),
+        "device_name": torch.cuda.get_device_name(local_rank) if on_gpu else "cpu",
         "train_seconds": round(seconds, 2),
         "train_loss": result.training_loss,
         "samples_per_second": result.metrics.get("train_samples_per_second"),
@@ -351,6 +376,8 @@ def run_train(
     # rerun "resume" at the last step and train nothing.
     for finished in ckpt.glob("checkpoint-*"):
         shutil.rmtree(finished)
+    if store is not None:
+        store.clear()
     return summary | {"loss_curve": curve}
 
 
