@@ -199,7 +199,10 @@ def test_new_data_gets_its_own_version_and_each_version_restores_its_data(projec
     write_params(
         project,
         project_params(
-            data={"synthetic": project_params().data.synthetic.model_copy(update={"seed": 1})}
+            data={"synthetic": project_params().data.synthetic.model_copy(update={"seed": 1})},
+            # a data version, not a better model: fewer steps, no quality floor in the gate
+            train={"max_steps": 150},
+            gate={"min_ted_accuracy": 0.0},
         ),
     )
     out = retrain(repo=str(project), promote=False)
@@ -254,7 +257,11 @@ def test_a_train_stage_killed_mid_run_is_retried_and_resumes_from_its_checkpoint
 
     from flows.retrain import retrain
 
-    write_params(project, project_params(train={"save_steps": 20}))
+    # Resuming is plumbing: 100 steps (not the module's 400), and no quality floor in the gate.
+    write_params(
+        project,
+        project_params(train={"save_steps": 20, "max_steps": 100}, gate={"min_ted_accuracy": 0.0}),
+    )
     ckpt = project / "artifacts" / "checkpoints" / "checkpoint-20"
     killed: list[str] = []
 
@@ -272,5 +279,5 @@ def test_a_train_stage_killed_mid_run_is_retried_and_resumes_from_its_checkpoint
     assert killed == ["0"]  # the train process was there, and was killed
     summary = json.loads((project / "reports" / "train.json").read_text())
     assert summary["resumed_from"] and summary["resumed_from"].endswith("checkpoint-20")
-    assert summary["steps"] == 400  # the retry trained the remaining steps, not all 400 again
+    assert summary["steps"] == 100 and summary["steps_this_run"] == 80  # not all 100 again
     assert out["stages"]["train"] == "ran" and out["registered_now"]

@@ -5,7 +5,6 @@ deployments test runs the same through a Prefect server and two workers)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from tasks import handover
-from tasks.checkpoints import EVERY_ENV, CheckpointStore
+from tasks.checkpoints import EVERY_ENV
 from tests.conftest import git_env, make_project, small_params
 
 pytestmark = pytest.mark.slow
@@ -134,47 +133,3 @@ def test_unpushed_and_diverged_commits_are_refused_naming_both(hosts, trained):
             handover.checkout(gpu, url, pushed)
     finally:
         sh(gpu, "git", "checkout", "-q", "--detach", pushed)
-
-
-def test_a_killed_run_resumes_from_the_last_pushed_checkpoint_on_a_new_host(hosts, tmp_path):
-    """Train dies after step 4 (pushed: 3); the host and its disk are gone; a fresh clone
-    resumes at step 3 from the remote and trains the 3 steps left."""
-    from transformers import TrainerCallback
-
-    from tasks.config import load_params
-    from tasks.train import run_train
-
-    class Die(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 4:
-                raise KeyboardInterrupt("host lost")
-
-    cpu = hosts["cpu"]
-    req = handover.request(cpu)
-    first = handover.checkout(tmp_path / "gpu-1", req["url"], req["commit"])
-    handover.receive(first, req)
-    params = load_params(first / "params.yaml")
-    # a new run of the same inputs: the trained one (same digest) would resume at its end
-    params.train = params.train.model_copy(update={"seed": 1})
-    args = ("artifacts/dataset", "artifacts/base", "adapter", "ckpt", "train.json")
-    cwd = os.getcwd()
-    os.environ[EVERY_ENV] = "3"
-    try:
-        os.chdir(first)
-        with pytest.raises(KeyboardInterrupt):
-            run_train(params, *args, callbacks=[Die()])
-        os.chdir(cwd)
-        shutil.rmtree(first)  # the host, its disk and its local checkpoints are gone
-        second = handover.checkout(tmp_path / "gpu-2", req["url"], req["commit"])
-        handover.receive(second, req)
-        os.chdir(second)
-        summary = run_train(params, *args)
-        store = CheckpointStore(second, "")
-    finally:
-        os.chdir(cwd)
-        os.environ.pop(EVERY_ENV)
-    assert summary["checkpoints"]["pulled_step"] == 3 and summary["resumed_from_step"] == 3
-    assert summary["steps"] == 6 and summary["steps_this_run"] == 3
-    assert summary["checkpoints"]["pushed_steps"] == [6]
-    assert Path(summary["workdir"]) == second.resolve()
-    assert store.remote == "local"
