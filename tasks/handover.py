@@ -22,6 +22,7 @@ come from the commit itself. The Prefect side is flows/retrain.py (`train_stage`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -198,7 +199,7 @@ def handback(workdir: str | Path) -> dict[str, Any]:
     for out in entry["outs"]:
         if not outs[out["path"]]:
             files |= _read_small(workdir, out["path"])
-    summary = _lock(files.get("reports/train.json", "{}"))  # JSON is YAML
+    summary = json.loads(files.get("reports/train.json", "{}"))
     return {
         "commit": git(workdir, "rev-parse", "HEAD"),
         "entry": entry,
