@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from devtools.servers import QUIET, bin_path, s3_client, spawn, stack
-from tests.conftest import REPO, git_env, make_project, small_params
+from tests.conftest import REPO, git_env, make_project, small_params, trainer_pids
 
 pytestmark = pytest.mark.slow
 NAME = "receipt-llava"
@@ -94,19 +94,6 @@ def prefect(env, cwd, *args: str) -> str:
     )
     assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
-
-
-def trainer_pids(checkout: Path) -> list[int]:
-    """The train stage's processes (`python -m tasks.train`) working in `checkout`."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"tasks.train" in cmd and Path(os.readlink(proc / "cwd")) == checkout.resolve():
-                pids.append(int(proc.name))
-        except (OSError, ValueError):
-            continue
-    return pids
 
 
 def kill_after_first_push(services, gpu: Path, killed: list[dict]) -> None:
