@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 SOURCE ?=
 # Test files run on this many pytest-xdist workers (a file stays on one: its fixtures are shared).
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # Stage commands in dvc.yaml call `python`: make it the project's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DO_NOT_TRACK := true
@@ -70,10 +71,10 @@ bench: setup ## CPU benchmark of the pipeline; rewrites its section of docs/benc
 	$(PY) -m bench.cpu
 
 test: setup ## all tests, end-to-end ones included (what CI runs)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: setup ## tests without the slow end-to-end ones
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check tasks flows tests bench devtools
