@@ -138,3 +138,25 @@ def test_checkpoints_from_other_params_are_not_resumed(params, dataset_dir, base
     )
     summary = run_train(other, dataset_dir, base_dir, tmp_path / "b", ckpt, tmp_path / "s2.json")
     assert summary["resumed_from"] is None and summary["steps"] == 6
+
+
+def test_a_rerun_of_the_same_params_trains_the_same_adapter(
+    params, dataset_dir, base_dir, trained, tmp_path
+):
+    """train.seed decides the run: peft's adapter init included, whatever torch's global
+    generator held before (two unseeded runs on identical inputs once ended far apart, #10)."""
+    from safetensors.torch import load_file
+
+    def adapter(d):
+        return load_file(d / "adapter_model.safetensors")
+
+    torch.manual_seed(12345)  # the global generator is not where `trained` left it
+    run_train(params, dataset_dir, base_dir, tmp_path / "a", tmp_path / "c", tmp_path / "s.json")
+    first, again = adapter(trained["adapter"]), adapter(tmp_path / "a")
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+    other = params.model_copy(update={"train": params.train.model_copy(update={"seed": 1})})
+    run_train(other, dataset_dir, base_dir, tmp_path / "b", tmp_path / "c", tmp_path / "s2.json")
+    reseeded = adapter(tmp_path / "b")
+    assert any(not torch.equal(first[k], reseeded[k]) for k in first)
