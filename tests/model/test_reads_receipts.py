@@ -23,11 +23,12 @@ pytestmark = pytest.mark.slow
 
 TRAIN_RECORDS, TEST_RECORDS, STEPS = 1200, 16, 450
 # What 450 steps reach on 16 receipts: 14 to 16 valid answers in most runs of this recipe, 11
-# in one CI run on identical inputs (2026-11-29: training on CPU does not repeat exactly; the
-# slips a one-item menu opened as a list, `"menu":[{...},"sub_total"`), which the 1,200-step
-# default mostly settles. The gate's floor for the default (gate.min_json_valid_rate 0.9) is
-# for that recipe; here the floor is 0.6, under the lowest measured, and the gate is judged on
-# what it compares. The base before QLoRA stays at <= 0.1 (asserted below).
+# in one CI run (2026-11-29; the slips a one-item menu opened as a list,
+# `"menu":[{...},"sub_total"`), which the 1,200-step default mostly settles. Those runs
+# differed because peft drew the adapters' init unseeded (fixed since: train seeds first), so
+# the spread is the spread over seeds. The gate's floor for the default
+# (gate.min_json_valid_rate 0.9) is for that recipe; here the floor is 0.6, under the lowest
+# measured, and the gate is judged on what it compares. The base before QLoRA stays at <= 0.1.
 MIN_JSON_VALID = 0.6
 
 
