@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import tempfile
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 
 import torch
 
+from bench.cpu import machine
 from tasks.config import load_params
 from tasks.evaluate import run_evaluate
 from tasks.io import quiet_telemetry, write_json_atomic
@@ -40,13 +39,6 @@ METRICS = (
     "distinct_answers",
     "base_json_valid_rate",
 )
-
-
-def machine() -> str:
-    return (
-        f"{platform.node()}: {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
 
 
 def commit(project: Path) -> str:
@@ -85,7 +77,11 @@ def train_and_score(project: Path, seed: int, work: Path) -> dict[str, Any]:
 def merge(out: Path, rows: list[dict[str, Any]], project: Path) -> dict[str, Any]:
     doc = json.loads(out.read_text()) if out.exists() else {"runs": []}
     seeds = {r["seed"] for r in rows}
-    stamp = {"date": dt.date.today().isoformat(), "machine": machine(), "commit": commit(project)}
+    stamp = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{machine()}, {torch.get_num_threads()} torch threads",
+        "commit": commit(project),
+    }
     kept = [r for r in doc["runs"] if r["seed"] not in seeds]
     doc["runs"] = sorted(kept + [r | stamp for r in rows], key=lambda r: r["seed"])
     write_json_atomic(out, doc)
