@@ -48,10 +48,13 @@ def commit(project: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def row(seed: int, train: dict[str, Any], metrics: dict[str, Any], source: str) -> dict[str, Any]:
+def row(
+    seed: int, train: dict[str, Any], metrics: dict[str, Any], source: str, lr: float
+) -> dict[str, Any]:
     return {
         "seed": seed,
         "source": source,
+        "learning_rate": lr,  # with steps: which recipe the row measured
         "steps": train["steps"],
         "train_seconds": train["train_seconds"],
         "final_loss": train["final_loss"],
@@ -71,7 +74,7 @@ def train_and_score(project: Path, seed: int, work: Path) -> dict[str, Any]:
     metrics = run_evaluate(
         params, art / "dataset", art / "base", out / "adapter", out / "m.json", out / "p.jsonl"
     )
-    return row(seed, train, metrics, "bench.seeds")
+    return row(seed, train, metrics, "bench.seeds", params.train.learning_rate)
 
 
 def merge(out: Path, rows: list[dict[str, Any]], project: Path) -> dict[str, Any]:
@@ -90,12 +93,14 @@ def merge(out: Path, rows: list[dict[str, Any]], project: Path) -> dict[str, Any
 
 def table(doc: dict[str, Any]) -> str:
     head = (
-        "| seed | source | train s | final loss | json valid | TED | F1 | total exact | distinct |"
+        "| seed | source | lr | steps | train s | final loss | json valid | TED | F1 "
+        "| total exact | distinct |"
     )
-    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [head, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in doc["runs"]:
         lines.append(
-            f"| {r['seed']} | {r['source']} | {r['train_seconds']:.0f} | {r['final_loss']:.3f} "
+            f"| {r['seed']} | {r['source']} | {r.get('learning_rate', '')} | {r['steps']} "
+            f"| {r['train_seconds']:.0f} | {r['final_loss']:.3f} "
             f"| {r['json_valid_rate']:.2f} | {r['ted_accuracy']:.2f} | {r['field_f1']:.2f} "
             f"| {r['total_price_exact']:.2f} | {r['distinct_answers']:.2f} |"
         )
@@ -114,10 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if a.record_make_run:
         reports = project / "reports"
-        seed = load_params(project / "params.yaml").train.seed
+        t = load_params(project / "params.yaml").train
         train = json.loads((reports / "train.json").read_text())
         metrics = json.loads((reports / "metrics.json").read_text())
-        rows.append(row(seed, train, metrics, "make run"))
+        rows.append(row(t.seed, train, metrics, "make run", t.learning_rate))
     with tempfile.TemporaryDirectory(prefix="seeds-") as work:
         rows += [train_and_score(project, s, Path(work)) for s in a.seeds]
     if not rows:
