@@ -87,15 +87,11 @@ def main() -> None:
             train_s = time.time() - t0
             m = run_evaluate(p, dataset, base, out / "adapter", out / "m.json", out / "p.jsonl")
             curve = {c["step"]: c["loss"] for c in s["loss_curve"]}
-            loss = {
-                step: round(
-                    sum(curve[x] for x in range(step - 20, step + 1, 10) if x in curve)
-                    / len([x for x in range(step - 20, step + 1, 10) if x in curve]),
-                    4,
-                )
-                for step in range(100, a.stop_at + 1, 100)
-                if any(x in curve for x in range(step - 20, step + 1, 10))
-            }
+            loss = {}
+            for step in range(100, a.stop_at + 1, 100):
+                window = [curve[x] for x in range(step - 20, step + 1, 10) if x in curve]
+                if window:  # the mean of the (up to) three logged losses ending at this step
+                    loss[step] = round(sum(window) / len(window), 4)
             line = {
                 "label": a.label or " ".join(a.set) or "default",
                 "overrides": overrides,
