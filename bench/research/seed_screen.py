@@ -71,8 +71,10 @@ def main() -> None:
         base = project / "artifacts/base"
         for seed in a.seeds:
             p = load_params(project / "params.yaml")
-            p.train = p.train.model_copy(update={**overrides, "seed": seed, "logging_steps": 10})
-            p.train = type(p.train).model_validate(p.train.model_dump())
+            # validated as params.yaml is: a misspelt or out-of-range --set fails here
+            p.train = type(p.train).model_validate(
+                {**p.train.model_dump(), **overrides, "seed": seed, "logging_steps": 10}
+            )
             out = work / f"seed-{seed}"
             t0 = time.time()
             s = run_train(
