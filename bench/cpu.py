@@ -63,6 +63,7 @@ def make_project(root: Path) -> Path:
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "models", root / "models")
+    shutil.copytree(REPO / "assets", root / "assets")
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     for cmd in (

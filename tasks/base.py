@@ -82,9 +82,23 @@ def run_build_base(
         except OSError as exc:  # a hub base that is neither cached nor reachable from here
             log.warning("base: target lengths not checked here (%s); train checks them", exc)
         else:
+            skipped: list[str] = []
             check_targets_fit(
-                processor, positions, params.ingest.prompt, dataset_fit_records(dd, processor)
+                processor,
+                positions,
+                params.ingest.prompt,
+                dataset_fit_records(dd, processor),
+                ocr=params.model.ocr_prompt,
+                left_out=skipped if params.train.too_long == "skip" else None,
             )
+            if skipped:
+                log.warning(
+                    "base: %d train record(s) longer than the base's %d positions will be left "
+                    "out of training (train.too_long: skip): %s",
+                    len(skipped),
+                    positions,
+                    ", ".join(skipped),
+                )
     return resolve_base(params.model, out_dir)[0]
 
 

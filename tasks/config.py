@@ -43,11 +43,22 @@ class SyntheticParams(_Section):
         return self
 
 
+class CordParams(_Section):
+    # CORD's dev receipts are divided by a seeded draw: this many go to test, the rest to
+    # validation. CORD's train is the train split.
+    test_size: int = Field(ge=1)
+    seed: int
+    # Leave out the receipts listed in assets/cord/excluded.json (annotation slips that the
+    # validate stage refuses, and train copies of dev receipts), each with its reason.
+    exclude_flagged: bool
+
+
 class DataParams(_Section):
-    # synthetic | imagefolder:<dir> | cord-json:<dir> | hf:<dataset id>
+    # cord | synthetic | imagefolder:<dir> | cord-json:<dir> | hf:<dataset id>
     source: str
     synthetic: SyntheticParams
-    # cord-json renders at the annotation's size, scaled so the long side is at most this.
+    cord: CordParams
+    # cord and cord-json render at the annotation's size, scaled so the long side is at most this.
     render_max_side: int = Field(ge=64)
 
 
@@ -131,6 +142,9 @@ class ModelParams(_Section):
     # square first, as LLaVA-1.5 was trained; "resize" it to the square, squashing it; or
     # "crop" as the processor does. Processors that don't crop (the tiny base's) are left alone.
     image_fit: Literal["pad", "resize", "crop"]
+    # OCR grounding: the words a packaged OCR engine reads on the receipt (tasks.ocr) go into
+    # the prompt after the image, as layout-preserving lines; ingest reads them once per record.
+    ocr_prompt: bool
 
 
 class TrainParams(_Section):
@@ -141,9 +155,15 @@ class TrainParams(_Section):
     lora_alpha: int = Field(gt=0)
     lora_dropout: float = Field(ge=0.0, lt=1.0)
     lora_target_modules: str | list[str]
+    # A training record longer than the base's positions: "refuse" the run, naming it, or
+    # "skip" it (named in reports/train.json and the log). Test records are never skipped.
+    too_long: Literal["refuse", "skip"]
     # Extra fully-trained modules (peft modules_to_save). Empty for a 7B base: plain QLoRA.
     modules_to_save: list[str]
     gradient_checkpointing: bool
+    # Batch receipts of similar length together (Trainer's group_by_length sampling): less
+    # padding when lengths vary, as CORD's do (a few lines to sixty).
+    group_by_length: bool
     epochs: float = Field(gt=0)
     max_steps: int
     batch_size: int = Field(ge=1)

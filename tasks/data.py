@@ -18,6 +18,10 @@ from tasks.sources import RawRecord, parse_source, write_snapshot
 
 def load_source(source: str, p: DataParams) -> list[RawRecord]:
     kind, arg = parse_source(source)
+    if kind == "cord":
+        from tasks.sources import cord
+
+        return cord.load(p.cord, p.render_max_side, arg or cord.SHIPPED)
     if kind == "synthetic":
         from tasks.sources import synthetic
 
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument(
-        "--source", default=None, help="synthetic | imagefolder:<dir> | cord-json:<dir> | hf:<id>"
+        "--source",
+        default=None,
+        help="cord | synthetic | imagefolder:<dir> | cord-json:<dir> | hf:<id>",
     )
     ap.add_argument("--out", default="data")
     ap.add_argument("--no-dvc", action="store_true", help="write the snapshot without `dvc add`")

@@ -62,10 +62,11 @@ def run_evaluate(
     model, processor = load_for_inference(params, base_dir, adapter_dir)
     settings = Settings.from_params(params)
     start = time.perf_counter()
-    tuned = answers(model, processor, images, settings)
+    ocr = list(test["ocr"]) if settings.ocr_prompt else None
+    tuned = answers(model, processor, images, settings, ocr)
     tuned_seconds = time.perf_counter() - start
     with model.disable_adapter():
-        base = answers(model, processor, images, settings)
+        base = answers(model, processor, images, settings, ocr)
     metrics: dict[str, float | None] = {k: round(float(v), 4) for k, v in score(tuned, gts).items()}
     metrics |= {f"base_{k}": round(float(v), 4) for k, v in score(base, gts).items() if k != "n"}
     metrics["samples_per_second"] = round(len(images) / tuned_seconds, 3) if tuned_seconds else None
@@ -77,8 +78,11 @@ def run_evaluate(
             "prediction": out,
             "parsed": parse_target(out),
             "base_prediction": b,
+            "ocr": o,
         }
-        for rid, tgt, out, b in zip(test["id"], test["target"], tuned, base, strict=True)
+        for rid, tgt, out, b, o in zip(
+            test["id"], test["target"], tuned, base, ocr or [None] * len(tuned), strict=True
+        )
     ]
     write_text_atomic(
         predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -55,7 +55,8 @@ def champion_metrics(
     pyfunc = mlflow.pyfunc.load_model(f"models:/{r.model_name}/{champion['version']}")
     reader, settings = pyfunc.unwrap_python_model().reader, Settings.from_params(params)
     model = reader.model.to(torch_dtype(settings.dtype))
-    raw = answers(model, reader.processor, list(test["image"]), settings)
+    ocr = list(test["ocr"]) if settings.ocr_prompt else None
+    raw = answers(model, reader.processor, list(test["image"]), settings, ocr)
     metrics = score(raw, [json.loads(t) for t in test["target"]])
     return {"version": champion["version"], **{k: round(float(v), 4) for k, v in metrics.items()}}
 

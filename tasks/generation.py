@@ -18,6 +18,7 @@ import torch
 
 from tasks.config import Params
 from tasks.modeling import inference_dtype, pick_attn, prompt_text
+from tasks.ocr import instruction
 
 # What the pyfunc hard-coded before it logged its settings (prompt and budget were logged).
 _BEFORE_SETTINGS = {
@@ -25,6 +26,7 @@ _BEFORE_SETTINGS = {
     "compute_dtype": "float32",
     "attn_implementation": "sdpa",
     "json_schema": False,
+    "ocr_prompt": False,
 }
 
 
@@ -38,6 +40,8 @@ class Settings:
     attn_implementation: str
     # Hold generation to CORD's gt_parse JSON schema (tasks.constrained).
     json_schema: bool
+    # OCR grounding: the receipt's OCR lines follow the image in the prompt (tasks.ocr).
+    ocr_prompt: bool
 
     @classmethod
     def from_params(cls, params: Params) -> Settings:
@@ -48,6 +52,7 @@ class Settings:
             compute_dtype=params.train.compute_dtype,
             attn_implementation=params.train.attn_implementation,
             json_schema=params.evaluate.json_schema,
+            ocr_prompt=params.model.ocr_prompt,
         )
 
     @classmethod
@@ -72,10 +77,29 @@ class Settings:
         return pick_attn(self.attn_implementation)
 
 
-def answers(model, processor, images: list, s: Settings) -> list[str]:
-    """The model's answers for these images under settings s."""
+def prompts_for(images: list, s: Settings, ocr: list[str] | None = None) -> list[str]:
+    """Each image's user text under settings s: the instruction, and with OCR grounding its
+    OCR lines, from `ocr` (read at ingest) or read here from the image (predict, serving)."""
+    if not s.ocr_prompt:
+        return [s.prompt] * len(images)
+    if ocr is None:
+        from tasks.ocr import ocr_text
+
+        ocr = [ocr_text(im) for im in images]
+    return [instruction(s.prompt, o or "") for o in ocr]
+
+
+def answers(model, processor, images: list, s: Settings, ocr: list[str] | None = None) -> list[str]:
+    """The model's answers for these images under settings s (`ocr`: their OCR text, when
+    already read)."""
     return generate(
-        model, processor, images, s.prompt, s.max_new_tokens, s.batch_size, s.json_schema
+        model,
+        processor,
+        images,
+        prompts_for(images, s, ocr),
+        s.max_new_tokens,
+        s.batch_size,
+        s.json_schema,
     )
 
 
@@ -84,19 +108,21 @@ def generate(
     model,
     processor,
     images: list,
-    prompt: str,
+    prompt: str | list[str],
     max_new_tokens: int,
     batch_size: int,
     json_schema: bool = False,
     schema_backend: str = "llguidance",
 ) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded answers only.
-    With `json_schema`, every step is held to CORD's JSON schema (tasks.constrained) by
+    """Greedy, batched, left-padded generation; returns the decoded answers only. `prompt` is
+    one user text for every image, or one per image. With `json_schema`, every step is held to CORD's JSON schema (tasks.constrained) by
     Outlines' `schema_backend`."""
     from transformers import LogitsProcessorList
 
     processor.tokenizer.padding_side = "left"
-    text = prompt_text(processor, prompt)
+    texts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+    if len(texts) != len(images):
+        raise ValueError(f"{len(texts)} prompts for {len(images)} images")
     device = next(model.parameters()).device
     constrained = None
     if json_schema:
@@ -108,9 +134,10 @@ def generate(
     outputs: list[str] = []
     for i in range(0, len(images), batch_size):
         chunk = [im.convert("RGB") for im in images[i : i + batch_size]]
-        enc = processor(
-            images=chunk, text=[text] * len(chunk), return_tensors="pt", padding=True
-        ).to(device)
+        chunk_texts = [prompt_text(processor, t) for t in texts[i : i + batch_size]]
+        enc = processor(images=chunk, text=chunk_texts, return_tensors="pt", padding=True).to(
+            device
+        )
         enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
         if constrained is not None:
             schema.reset()  # a new generation: the schema's state starts over

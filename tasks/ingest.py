@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from tasks.config import IngestParams, load_params
 from tasks.dataset import SPLITS
 from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
 from tasks.receipt_json import derive_gt_parse, to_target
+
+log = logging.getLogger(__name__)
 
 _SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "tst": "test"}
 
@@ -122,18 +126,39 @@ def read_snapshot(
     return rows
 
 
-def run_ingest(p: IngestParams, raw_dir: str | Path, out_dir: str | Path) -> dict[str, int]:
-    """Write the processed DatasetDict (train/validation/test, possibly empty) to out_dir."""
+def run_ingest(
+    p: IngestParams,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    ocr: bool = False,
+    ocr_cache: str | Path | None = None,
+    workers: int = 1,
+) -> dict[str, int]:
+    """Write the processed DatasetDict (train/validation/test, possibly empty) to out_dir.
+
+    With `ocr` (params' model.ocr_prompt), every record's OCR text is read once here, into the
+    `ocr` column: from `ocr_cache` where that file has the image (by sha256 and engine), by
+    the engine on `workers` processes where it does not."""
     import datasets
 
     carves: list[dict[str, Any]] = []
     rows = read_snapshot(Path(raw_dir), p, carves)
+    texts: list[str | None] = [None] * len(rows)
+    if ocr:
+        from tasks.ocr import OcrCache, read_many
+
+        cache = OcrCache(ocr_cache)
+        texts = list(read_many(cache, [r["image"]["bytes"] for r in rows], workers))
+        log.info("ingest: OCR of %d images (%d read, the rest cached)", len(rows), cache.misses)
+    for r, text in zip(rows, texts, strict=True):
+        r["ocr"] = text
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
             "split": datasets.Value("string"),
             "image": datasets.Image(),
             "prompt": datasets.Value("string"),
+            "ocr": datasets.Value("string"),  # None without OCR grounding
             "target": datasets.Value("string"),
             "ground_truth": datasets.Value("string"),
             "gt_error": datasets.Value("string"),
@@ -162,8 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", default="data")
     ap.add_argument("--out", default="artifacts/dataset")
+    ap.add_argument("--ocr-cache", default=None, help="OCR already read (tasks.ocr.OcrCache)")
     args = ap.parse_args(argv)
-    counts = run_ingest(load_params(args.params).ingest, args.raw, args.out)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    params = load_params(args.params)
+    counts = run_ingest(
+        params.ingest,
+        args.raw,
+        args.out,
+        ocr=params.model.ocr_prompt,
+        ocr_cache=args.ocr_cache,
+        workers=len(os.sched_getaffinity(0)),
+    )
     print("ingest:", ", ".join(f"{k}={v}" for k, v in counts.items()), "->", args.out)
 
 

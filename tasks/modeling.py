@@ -291,13 +291,22 @@ class TargetsTooLong(ValueError):
 
 
 def check_targets_fit(
-    processor, max_positions: int, prompt: str, records: Iterable[dict[str, Any]]
+    processor,
+    max_positions: int,
+    prompt: str,
+    records: Iterable[dict[str, Any]],
+    ocr: bool = False,
+    left_out: list[str] | None = None,
 ) -> int:
     """Refuse records whose sequence (image tokens + prompt + target + eos) exceeds the base's
-    `max_positions`; `records` carry split, id, target and, for LLaVA-NeXT, image_size
-    (width, height). Returns the longest sequence, in tokens."""
+    `max_positions`; `records` carry split, id, target, with `ocr` their OCR text (which the
+    prompt then carries, `tasks.ocr.instruction`) and, for LLaVA-NeXT, image_size
+    (width, height). With `left_out` (train.too_long: skip), train records that do not fit
+    are appended to it by id instead of refused. Returns the longest sequence, in tokens."""
+    from tasks.ocr import instruction
+
     tok = processor.tokenizer
-    n_prompt = prompt_token_count(processor, prompt)
+    n_plain = prompt_token_count(processor, prompt)
     varies = varies_with_image(processor)
     fixed = None if varies else image_token_count(processor)
     per_size: dict[tuple[int, int], int] = {}
@@ -310,13 +319,22 @@ def check_targets_fit(
             n_image = per_size[size]  # type: ignore[index]
         else:
             n_image = fixed or 0
+        n_prompt = (
+            prompt_token_count(processor, instruction(prompt, r.get("ocr") or ""))
+            if ocr
+            else n_plain
+        )
         n_target = len(tok(r["target"], add_special_tokens=False)["input_ids"])
         total = n_image + n_prompt + n_target + 3  # eos, and bos around the expanded image
+        if total > max_positions and left_out is not None and r["split"] == "train":
+            left_out.append(r["id"])
+            continue
         longest = max(longest, total)
         if total > max_positions:
+            what = f"{n_prompt} prompt tokens" + (" (OCR text included)" if ocr else "")
             bad.append(
                 f"{r['split']}/{r['id']}: field target is {n_target} tokens; with {n_image} image"
-                f" and {n_prompt} prompt tokens the sequence is {total}"
+                f" and {what} the sequence is {total}"
             )
     if bad:
         shown = "\n".join(f"- {b}" for b in bad[:20])
@@ -341,7 +359,13 @@ def dataset_fit_records(dd, processor) -> Iterable[dict[str, Any]]:
             if varies:
                 with Image.open(io.BytesIO(r["image"]["bytes"])) as im:
                     size = im.size
-            yield {"split": split, "id": r["id"], "target": r["target"], "image_size": size}
+            yield {
+                "split": split,
+                "id": r["id"],
+                "target": r["target"],
+                "ocr": r.get("ocr"),
+                "image_size": size,
+            }
 
 
 def max_positions_of(path: str, revision: str | None = None) -> int:

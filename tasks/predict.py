@@ -105,18 +105,21 @@ class ReceiptReader:
         self, images: list[Image.Image], json_schema: bool | None = None
     ) -> list[dict[str, Any]]:
         """gt_parse dicts for the images; `json_schema` overrides the settings' for this call."""
+        from tasks.ocr import ocr_text
         from tasks.receipt_json import is_valid_json, parse_target
 
         s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
-        outputs = answers(self.model, self.processor, images, s)
+        ocr = [ocr_text(im) for im in images] if s.ocr_prompt else None
+        outputs = answers(self.model, self.processor, images, s, ocr)
         return [
             {
                 "json": parse_target(o),
                 "valid_json": is_valid_json(o),
                 "raw": o,
-                "warnings": receipt_warnings(im),
+                "warnings": receipt_warnings(im)
+                + (["OCR found no text: the answer rests on the image alone"] if t == "" else []),
             }
-            for o, im in zip(outputs, images, strict=True)
+            for o, im, t in zip(outputs, images, ocr or [None] * len(images), strict=True)  # type: ignore[list-item]
         ]
 
 

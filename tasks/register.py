@@ -39,6 +39,8 @@ PIP_REQUIREMENTS = [
     "mlflow==3.17.2",
     "outlines==1.3.3",  # json_schema: constrained decoding (tasks.constrained)
     "llguidance==1.9.1",
+    "rapidocr==3.10.0",  # ocr_prompt: OCR grounding (tasks.ocr), models inside the wheel
+    "onnxruntime==1.32.0",
 ]
 
 

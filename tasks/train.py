@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from tasks.checkpoints import CheckpointStore, PushCheckpoints, push_every
 from tasks.config import Params, TrainParams, load_params
@@ -50,6 +51,7 @@ from tasks.modeling import (
     resolve_base,
     varies_with_image,
 )
+from tasks.ocr import instruction
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,15 @@ class ReceiptCollator:
     processor: Any
     prompt: str
     max_length: int
+    # OCR grounding: each record's `ocr` text follows the image in its prompt (tasks.ocr).
+    ocr: bool = False
 
     def encode(self, record: dict[str, Any]) -> tuple[list[int], int, dict[str, torch.Tensor]]:
         tok = self.processor.tokenizer
+        user = instruction(self.prompt, (record.get("ocr") or "") if self.ocr else None)
         enc = self.processor(
             images=record["image"].convert("RGB"),
-            text=prompt_text(self.processor, self.prompt),
+            text=prompt_text(self.processor, user),
             return_tensors="pt",
         )
         prompt_ids = enc["input_ids"][0].tolist()
@@ -114,6 +119,35 @@ class ReceiptCollator:
         } | {key: _stack([v[key] for _, _, v in encoded]) for key in encoded[0][2]}
 
 
+class ProgressLog(TrainerCallback):
+    """One readable line per logging step: step / total, loss, elapsed time and ETA (in place
+    of Trainer's bare `{'loss': …, 'epoch': …}` dicts)."""
+
+    start: float | None = None
+    first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        done, total = state.global_step, state.max_steps
+        elapsed = time.perf_counter() - (self.start or time.perf_counter())
+        rate = elapsed / max(1, done - self.first_step)
+        print(
+            f"train: step {done}/{total}  loss {float(logs['loss']):.4f}  "
+            f"lr {float(logs.get('learning_rate', 0)):.2e}  "
+            f"elapsed {_clock(elapsed)}  eta {_clock(rate * (total - done))}",
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     """Stack per-record tensors; LLaVA-NeXT's pixel_values have one tile per grid cell, so
     records with fewer tiles are zero-padded (the model unpads them by `image_sizes`)."""
@@ -124,13 +158,22 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def max_length_for(
-    processor, prompt: str, targets: list[str], image_sizes: list[tuple[int, int]] | None = None
+    processor,
+    prompt: str,
+    targets: list[str],
+    image_sizes: list[tuple[int, int]] | None = None,
+    ocr: list[str] | None = None,
 ) -> int:
     """Image tokens + prompt + the longest target + eos: sized from the data, never guessed.
     Where the image-token count depends on the image (LLaVA-NeXT), the most that any of
-    `image_sizes` (width, height) expands to."""
+    `image_sizes` (width, height) expands to. With `ocr` (one text per target), the prompt
+    carries it, and the longest prompt counts."""
     tok = processor.tokenizer
-    n_prompt = prompt_token_count(processor, prompt)
+    n_prompt = (
+        max(prompt_token_count(processor, instruction(prompt, o or "")) for o in ocr)
+        if ocr
+        else prompt_token_count(processor, prompt)
+    )
     if varies_with_image(processor):
         if not image_sizes:
             raise ValueError("this processor's image-token count depends on the image: pass sizes")
@@ -228,7 +271,7 @@ def run_train(
     `callbacks` are extra transformers TrainerCallbacks (progress reporting, tests).
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from tasks.dataset import load_dataset_dir
@@ -237,16 +280,33 @@ def run_train(
     base, revision = resolve_base(params.model, base_dir)
     processor = fit_images(load_processor(base, revision), params.model.image_fit)
     # every target fits the base's positions (the base stage checked it too, where it could)
+    ocr = params.model.ocr_prompt
+    left_out: list[str] = []
     check_targets_fit(
         processor,
         max_positions_of(base, revision),
         params.ingest.prompt,
         dataset_fit_records(load_dataset_dir(dataset_dir, decode_images=False), processor),
+        ocr=ocr,
+        left_out=left_out if t.too_long == "skip" else None,
     )
     dd = load_dataset_dir(dataset_dir)
     train = dd["train"]
+    if left_out:
+        log.warning("train: left out (longer than the base's positions): %s", ", ".join(left_out))
+        skip = set(left_out)
+        # in memory: a cache file written into the dataset would change the DVC output
+        train = train.filter(
+            lambda rid: rid not in skip, input_columns="id", keep_in_memory=True
+        ).flatten_indices(keep_in_memory=True)
     sizes = [im.size for im in train["image"]] if varies_with_image(processor) else None
-    max_length = max_length_for(processor, params.ingest.prompt, list(train["target"]), sizes)
+    max_length = max_length_for(
+        processor,
+        params.ingest.prompt,
+        list(train["target"]),
+        sizes,
+        ocr=list(train["ocr"]) if ocr else None,
+    )
     attn = pick_attn(t.attn_implementation)
     on_gpu = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
@@ -276,6 +336,11 @@ def run_train(
     trainable, total = model.get_nb_trainable_parameters()
 
     run_digest = f"{params.digest()}-{train._fingerprint}-{base_fingerprint(base)}"
+    if t.group_by_length:  # the sampler's key: characters of prompt text and target
+        train = train.add_column(
+            "length",
+            [len(tg) + len(o or "") for tg, o in zip(train["target"], train["ocr"], strict=True)],
+        )
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
@@ -293,6 +358,7 @@ def run_train(
         save_total_limit=t.save_total_limit,
         seed=t.seed,
         data_seed=t.seed,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -313,7 +379,7 @@ def run_train(
             if store is not None:  # the last pushed checkpoint, wherever it was trained
                 pulled = store.restore(Path(ckpt_dir))
     ckpt = Path(ckpt_dir)
-    collator = ReceiptCollator(processor, params.ingest.prompt, max_length)
+    collator = ReceiptCollator(processor, params.ingest.prompt, max_length, ocr=ocr)
     for record in train:  # fail before training, naming the record, if any target is too long
         collator.encode(record)
     resume = get_last_checkpoint(str(ckpt))
@@ -324,8 +390,9 @@ def run_train(
         args=args,
         train_dataset=train,
         data_collator=collator,
-        callbacks=[*(callbacks or []), *([pusher] if pusher else [])],
+        callbacks=[ProgressLog(), *(callbacks or []), *([pusher] if pusher else [])],
     )
+    trainer.remove_callback(PrinterCallback)  # ProgressLog says the same, readably
     if resume:
         log.info("resuming from %s", resume)
     start = time.perf_counter()
@@ -345,6 +412,7 @@ def run_train(
         "total_params": total,
         "max_length": max_length,
         "train_records": len(train),
+        "left_out_too_long": left_out,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "resumed_from": resume,

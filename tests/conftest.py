@@ -98,9 +98,13 @@ def small_params(**sections):
     from tasks.config import load_params
 
     p = load_params(REPO / "params.yaml")
+    # Synthetic receipts without OCR grounding: seconds per stage. The default's CORD renders
+    # and OCR have tests of their own (tests/data/test_cord.py, tests/model/test_ocr_prompt.py).
+    p.data.source = "synthetic"
     p.data.synthetic = p.data.synthetic.model_copy(
         update={"train": 12, "validation": 4, "test": 4, "max_items": 2}
     )
+    p.model = p.model.model_copy(update={"ocr_prompt": False})
     # A smaller pretraining config: a 48-px, 4x4-cell base pretrained for a few steps. It
     # cannot read, but it is built, saved and loaded by the same code as models/tiny-reader.
     p.pretrain = p.pretrain.model_copy(
@@ -159,6 +163,7 @@ def make_project(root: Path, params) -> Path:
 
     shutil.copytree(REPO / "tasks", root / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(small_reader(params), root / "models" / "tiny-reader")
+    shutil.copytree(REPO / "assets", root / "assets")
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
     write_params(root, params)

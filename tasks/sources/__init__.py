@@ -1,7 +1,7 @@
 """Receipt data sources. Each writes one raw snapshot in the Hugging Face imagefolder layout:
 
     <out>/metadata.jsonl   {"file_name": "images/<id>.png", "ground_truth": "<json string>", "split": ...}
-    <out>/images/<id>.png
+    <out>/images/<id>.png (or .jpg: photo-like renders are JPEG)
 
 `ground_truth` is either cord-v2's (`{"gt_parse": ..., "meta": ...}`) or CORD's original
 annotation (`valid_line`, `meta`, ...); ingest derives `gt_parse` from the latter.
@@ -27,11 +27,11 @@ class RawRecord:
 def parse_source(source: str) -> tuple[str, str | None]:
     """'cord-json:../x' -> ('cord-json', '../x'); 'synthetic' -> ('synthetic', None)."""
     kind, _, arg = source.partition(":")
-    kinds = ("synthetic", "imagefolder", "cord-json", "hf")
+    kinds = ("cord", "synthetic", "imagefolder", "cord-json", "hf")
     if kind not in kinds:
         raise ValueError(
             f"unknown data source {source!r}: expected one of "
-            "synthetic, imagefolder:<dir>, cord-json:<dir>, hf:<dataset id>"
+            "cord, synthetic, imagefolder:<dir>, cord-json:<dir>, hf:<dataset id>"
         )
     if kind in ("imagefolder", "cord-json") and not arg:
         raise ValueError(f"data source {kind!r} needs a directory: {kind}:<dir>")
@@ -48,8 +48,9 @@ def write_snapshot(records: list[RawRecord], out_dir: Path, source: str) -> None
             if r.id in seen:
                 raise ValueError(f"record {r.id!r}: duplicate record id in source {source}")
             seen.add(r.id)
-            (images / f"{r.id}.png").write_bytes(r.image_bytes)
-            row = {"file_name": f"images/{r.id}.png", "ground_truth": r.ground_truth}
+            ext = "jpg" if r.image_bytes[:3] == b"\xff\xd8\xff" else "png"
+            (images / f"{r.id}.{ext}").write_bytes(r.image_bytes)
+            row = {"file_name": f"images/{r.id}.{ext}", "ground_truth": r.ground_truth}
             if r.split is not None:
                 row["split"] = r.split
             row.update(r.extra or {})

@@ -205,17 +205,17 @@ def test_the_same_annotation_in_two_splits_is_named_though_its_renderings_differ
 ):
     """Rendered sources draw each receipt on paper seeded by its id: image hashes differ, the
     annotation (words and boxes) does not."""
-    from tasks.sources.cord_json import render_annotation
+    from tasks.sources.photo import render_photo
 
     twin = annotation("12,000")
     extra = [
-        RawRecord(rid, split, render_annotation(twin, rid, 400), json.dumps(twin))
+        RawRecord(rid, split, render_photo(twin, rid, 400), json.dumps(twin))
         for rid, split in (("cord-train-a", "train"), ("cord-test-a", "test"))
     ]
     assert extra[0].image_bytes != extra[1].image_bytes
     other = annotation("13,000")
     extra.append(
-        RawRecord("cord-train-b", "train", render_annotation(other, "b", 400), json.dumps(other))
+        RawRecord("cord-train-b", "train", render_photo(other, "b", 400), json.dumps(other))
     )
     message, failed = failing(tmp_path, good_records + extra)
     rule = "no annotation (words and their boxes) duplicated in or across splits"

@@ -12,7 +12,7 @@ from tasks.evaluate import load_for_inference, run_evaluate
 from tasks.generation import Settings, generate
 from tasks.merge import run_merge
 from tasks.predict import BadImage, ReceiptReader, open_image
-from tests.conftest import CORD_JSON, CORD_SAMPLE, REPO, needs, write_params
+from tests.conftest import CORD_SAMPLE, REPO, needs
 
 
 @pytest.fixture(scope="module")
@@ -41,46 +41,6 @@ def test_evaluate_reports_base_and_finetuned_metrics(
     test_ids = load_dataset_dir(dataset_dir)["test"]["id"]
     assert [r["id"] for r in rows] == test_ids and m["n"] == len(test_ids)
     assert all({"prediction", "parsed", "base_prediction", "target"} <= set(r) for r in rows)
-
-
-@needs(CORD_JSON)
-def test_cord_real_bench_scores_every_rendered_real_receipt(params, base_dir, trained, tmp_path):
-    """bench/cord_real.py on 5 of CORD's real annotations (3 train, 2 dev): all are held out,
-    so all 5 are rendered, ingested and scored, base and fine-tuned, each by its record id."""
-    import shutil
-
-    from bench import cord_real
-
-    for split, names in (("train", ["00000", "00001", "00002"]), ("dev", ["00000", "00001"])):
-        (tmp_path / "cord" / split).mkdir(parents=True)
-        for n in names:
-            src = CORD_JSON / split / f"receipt_{n}.json"
-            shutil.copy(src, tmp_path / "cord" / split / src.name)
-    write_params(tmp_path, params)
-    out = tmp_path / "out"
-    cord_real.main(
-        [
-            "--params", str(tmp_path / "params.yaml"),
-            "--cord", str(tmp_path / "cord"),
-            "--base", str(base_dir),
-            "--adapter", str(trained["adapter"]),
-            "--work", str(out),
-            "--report", str(tmp_path / "report.json"),
-        ]
-    )  # fmt: skip
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert report["ingested_splits"] == {"train": 3, "validation": 2, "test": 0}
-    assert report["scored"] == 5 and report["metrics"]["n"] == 5
-    heights = report["word_height_px"]  # CORD's words at the base's input side (48 px here)
-    assert heights["image_side"] == params.pretrain.model.image_size and heights["words"] > 100
-    assert 0 < heights["median"] <= heights["p90"] < 48
-    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    ingested = load_dataset_dir(out / "dataset")
-    assert sorted(r["id"] for r in rows) == sorted(
-        [*ingested["train"]["id"], *ingested["validation"]["id"]]
-    )
-    gt = json.loads(rows[0]["target"])
-    assert "menu" in gt and "total" in gt  # CORD's own fields, not the synthetic ones
 
 
 def test_merged_model_reads_exactly_like_the_adapter_model(

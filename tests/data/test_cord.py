@@ -1,0 +1,117 @@
+"""The default data: CORD's shipped annotations, rendered photo-like, split train / validation /
+test without CORD's own test split."""
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.sources import cord
+from tasks.sources.photo import render_photo
+from tests.conftest import CORD_JSON, REPO, needs, small_params
+
+SHIPPED = REPO / cord.SHIPPED
+
+
+def shipped_rows():
+    return cord.read_annotations(SHIPPED)
+
+
+def write_rows(path, rows):
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return path
+
+
+def test_the_shipped_annotations_are_cords_train_and_dev_with_their_licence():
+    rows = shipped_rows()
+    assert len(rows) == 900
+    assert sum(r["split"] == "train" for r in rows) == 800
+    assert sum(r["split"] == "dev" for r in rows) == 100
+    assert "test" not in {r["split"] for r in rows}  # CORD's test split is never shipped
+    readme = (SHIPPED.parent / "README.md").read_text()
+    assert "CC-BY-4.0" in readme and "Park" in readme  # licence and attribution travel with it
+
+
+@needs(CORD_JSON)
+@pytest.mark.real_data
+def test_the_shipped_annotations_are_the_originals_verbatim():
+    for r in shipped_rows():
+        original = (CORD_JSON / r["split"] / f"{r['name']}.json").read_text()
+        assert r["ground_truth"] == original, r["name"]
+
+
+def test_dev_is_divided_into_test_and_validation_by_a_seeded_draw():
+    p = small_params().data.cord
+    names = [f"receipt_{i:05d}" for i in range(100)]
+    splits = cord.dev_splits(names, p)
+    assert sum(v == "test" for v in splits.values()) == p.test_size
+    assert set(splits.values()) == {"test", "validation"}
+    assert cord.dev_splits(list(reversed(names)), p) == splits  # order-independent
+    other = cord.dev_splits(names, p.model_copy(update={"seed": p.seed + 1}))
+    assert other != splits
+
+
+def test_photo_renders_are_seeded_per_record_and_look_like_photos():
+    rows = shipped_rows()[:2]
+    anns = [json.loads(r["ground_truth"]) for r in rows]
+    a = render_photo(anns[0], "cord-train-a", 640)
+    assert a == render_photo(anns[0], "cord-train-a", 640)  # same record, same bytes
+    assert a != render_photo(anns[0], "cord-train-b", 640)  # another record's effects
+    img = Image.open(io.BytesIO(a))
+    assert img.format == "JPEG" and max(img.size) > 600  # the paper plus the surface round it
+    grey = np.asarray(img.convert("L"))
+    # darker surface round the paper, light paper in the middle, dark ink on it
+    h, w = grey.shape
+    assert grey[2, 2] < grey[h // 8, w // 2]
+    assert grey.min() < 100
+
+
+def test_the_cord_source_renders_every_row_with_its_split(tmp_path):
+    rows = shipped_rows()
+    some = [r for r in rows if r["split"] == "train"][:3] + [
+        r for r in rows if r["split"] == "dev"
+    ][:4]
+    path = write_rows(tmp_path / "a.jsonl.gz", some)
+    p = small_params().data
+    records = cord.load(p.cord.model_copy(update={"test_size": 2}), 320, path)
+    assert [r.id for r in records][:3] == [f"cord-train-{r['name']}" for r in some[:3]]
+    assert [r.split for r in records].count("train") == 3
+    assert sorted(str(r.split) for r in records[3:]) == ["test", "test", "validation", "validation"]
+    assert all(r.ground_truth == s["ground_truth"] for r, s in zip(records, some, strict=True))
+
+
+def test_a_bad_annotation_row_names_its_record_and_field(tmp_path):
+    row = shipped_rows()[0]
+    bad = dict(row, ground_truth=json.dumps({"valid_line": [], "meta": {}}))
+    with pytest.raises(
+        ValueError, match=r"record 'cord-train-receipt_00000': field meta.image_size"
+    ):
+        cord.load(small_params().data.cord, 320, write_rows(tmp_path / "b.jsonl.gz", [bad]))
+    other = dict(row, split="test")
+    with pytest.raises(ValueError, match="field split='test' is not train or dev"):
+        cord.load(small_params().data.cord, 320, write_rows(tmp_path / "c.jsonl.gz", [other]))
+
+
+def test_flagged_receipts_are_left_out_by_name_with_their_reasons(tmp_path, capsys):
+    rows = shipped_rows()
+    listing = json.loads((SHIPPED.parent / "excluded.json").read_text())
+    assert len(listing) == 51 and all(listing.values())  # every one says why
+    names = {f"{r['split']}/{r['name']}" for r in rows}
+    assert set(listing) <= names
+    # the two receipts CORD has in both train and dev: the train copy goes, dev keeps its own
+    assert {"train/receipt_00015", "train/receipt_00489"} <= set(listing)
+    assert not {"dev/receipt_00035", "dev/receipt_00067"} & set(listing)
+
+    flagged = next(k for k in listing if k.startswith("train/"))
+    keep = next(r for r in rows if f"{r['split']}/{r['name']}" not in listing)
+    few = [keep, next(r for r in rows if f"{r['split']}/{r['name']}" == flagged)]
+    path = write_rows(tmp_path / "a.jsonl.gz", few)
+    (tmp_path / "excluded.json").write_text(json.dumps({flagged: listing[flagged]}))
+    p = small_params().data.cord
+    assert [r.id for r in cord.load(p, 320, path)] == [f"cord-{keep['split']}-{keep['name']}"]
+    assert "1 flagged receipts left out" in capsys.readouterr().out
+    every = cord.load(p.model_copy(update={"exclude_flagged": False}), 320, path)
+    assert len(every) == 2

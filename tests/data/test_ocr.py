@@ -1,0 +1,128 @@
+"""OCR grounding: the packaged engine reads a rendered CORD receipt, offline, into lines that
+keep the printed layout; the cache stands in for the engine by image hash."""
+
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tasks import ocr
+from tasks.ocr import OcrCache, Word, instruction, layout_lines
+from tasks.receipt_json import derive_gt_parse
+from tasks.sources import cord
+from tasks.sources.photo import render_photo
+from tests.conftest import REPO
+
+
+def receipt(index: int = 0) -> tuple[bytes, dict]:
+    row = cord.read_annotations(REPO / cord.SHIPPED)[index]
+    ann = json.loads(row["ground_truth"])
+    return render_photo(ann, f"cord-{row['split']}-{row['name']}", 1280), ann
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("OCR tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def test_ocr_reads_a_rendered_receipts_total_offline_from_the_wheels_models(no_network):
+    data, ann = receipt(1)
+    total = derive_gt_parse(ann["valid_line"])["total"]["total_price"]
+    text = ocr.ocr_text(Image.open(io.BytesIO(data)))
+    assert total in text
+    # the engine's ONNX models are files of the installed wheel
+    import rapidocr
+
+    eng = ocr._engine()
+    models = [Path(m.session.session._model_path) for m in (eng.text_det, eng.text_rec)]
+    wheel = Path(rapidocr.__file__).parent
+    assert all(m.is_file() and wheel in m.parents for m in models), models
+
+
+def test_lines_are_grouped_by_baseline_and_read_left_to_right():
+    def word(text, x0, y0, x1, y1):
+        return Word(text, ((x0, y0), (x1, y0), (x1, y1), (x0, y1)), 1.0)
+
+    words = [
+        word("82,000", 300, 101, 360, 121),
+        word("ICE", 10, 100, 40, 120),
+        word("TOTAL", 10, 150, 60, 171),
+        word("BLACKCOFFE", 50, 99, 150, 119),
+        word("174,600", 300, 152, 370, 172),
+        word("2", 200, 102, 210, 122),
+    ]
+    assert layout_lines(words) == ["ICE BLACKCOFFE 2 82,000", "TOTAL 174,600"]
+    assert layout_lines([]) == []
+
+    # the same page turned by 6 degrees: the right end of a line sits lower than the next
+    # line's left end, yet each line stays whole
+    import math
+
+    a = math.radians(6)
+
+    def turned(w):
+        pts = tuple(
+            (x * math.cos(a) - y * math.sin(a), x * math.sin(a) + y * math.cos(a))
+            for x, y in w.quad
+        )
+        return Word(w.text, pts, 1.0)
+
+    lines = [
+        [
+            word("CHIKEN", 10, 100, 80, 120),
+            word("KATSU", 90, 100, 150, 120),
+            word("51,000", 400, 100, 470, 120),
+        ],
+        [word("SUB_TOTAL", 10, 130, 110, 150), word("194,000", 400, 130, 480, 150)],
+    ]
+    assert layout_lines([turned(w) for line in lines for w in line]) == [
+        "CHIKEN KATSU 51,000",
+        "SUB_TOTAL 194,000",
+    ]
+
+
+def test_the_prompt_carries_the_ocr_lines_after_the_instruction():
+    assert instruction("Extract.", None) == "Extract."  # no grounding
+    assert instruction("Extract.", "A 1\nB 2") == "Extract.\nOCR:\nA 1\nB 2"
+    assert instruction("Extract.", "") == "Extract.\nOCR:\n"  # grounding that found nothing
+
+
+def test_the_cache_answers_by_image_hash_and_engine(tmp_path, monkeypatch):
+    """Words are cached, lines laid out on reading."""
+    data, _ = receipt(2)
+    blank = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(blank, format="PNG")
+    cache = OcrCache(tmp_path / "ocr.jsonl.gz")
+    texts = ocr.read_many(cache, [data, blank.getvalue()], workers=1)
+    assert cache.misses == 2 and texts[1] == ""  # nothing on a blank page
+    cache.save()
+    again = OcrCache(tmp_path / "ocr.jsonl.gz")
+
+    def engine_called(*a, **k):
+        raise AssertionError("a cached image was read again")
+
+    monkeypatch.setattr(ocr, "read_words", engine_called)
+    assert ocr.read_many(again, [data, blank.getvalue()], workers=1) == texts
+    assert again.misses == 0
+    monkeypatch.setattr(ocr, "engine_id", lambda: "another-engine")
+    assert OcrCache(tmp_path / "ocr.jsonl.gz").entries == {}  # another engine reads anew
+
+
+def test_the_shipped_cache_covers_the_shipped_renders():
+    """A fresh clone's ingest reads OCR from the shipped cache: spot-check that its entries are
+    the renders of this code (by hash) and what the engine reads on them."""
+    cache = OcrCache(REPO / "assets" / "cord" / "ocr.jsonl.gz")
+    assert len(cache.entries) == 900
+    data, _ = receipt(0)
+    key = ocr.image_sha256(data)
+    assert key in cache.entries
+    cached = [w.as_row() for w in cache.entries[key]]  # as stored: 0.1 px, 4 decimals
+    assert cached == [w.as_row() for w in ocr.read_words(Image.open(io.BytesIO(data)))]
