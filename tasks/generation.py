@@ -79,13 +79,11 @@ class Settings:
 
 def prompts_for(images: list, s: Settings, ocr: list[str] | None = None) -> list[str]:
     """Each image's user text under settings s: the instruction, and with OCR grounding its
-    OCR lines, from `ocr` (read at ingest) or read here from the image (predict, serving)."""
+    OCR lines (`ocr`: read at ingest, or by predict from the image)."""
     if not s.ocr_prompt:
         return [s.prompt] * len(images)
-    if ocr is None:
-        from tasks.ocr import ocr_text
-
-        ocr = [ocr_text(im) for im in images]
+    if ocr is None or len(ocr) != len(images):
+        raise ValueError("OCR grounding (model.ocr_prompt) needs each image's OCR text")
     return [instruction(s.prompt, o or "") for o in ocr]
 
 
@@ -115,8 +113,8 @@ def generate(
     schema_backend: str = "llguidance",
 ) -> list[str]:
     """Greedy, batched, left-padded generation; returns the decoded answers only. `prompt` is
-    one user text for every image, or one per image. With `json_schema`, every step is held to CORD's JSON schema (tasks.constrained) by
-    Outlines' `schema_backend`."""
+    one user text for every image, or one per image. With `json_schema`, every step is held
+    to CORD's JSON schema (tasks.constrained) by Outlines' `schema_backend`."""
     from transformers import LogitsProcessorList
 
     processor.tokenizer.padding_side = "left"

@@ -19,6 +19,9 @@ import torch
 from tasks.config import ModelParams, TinyModelParams, TrainParams
 
 log = logging.getLogger(__name__)
+# bitsandbytes' CPU backend tries the optional `kernels` package (which would fetch a kernel
+# from the hub) on import and warns when it is missing; its own CPU kernels are used instead.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 IMAGE_TOKEN = "<image>"
 # USER/ASSISTANT, as llava-1.5 writes it. A newline right after {% endfor %} would be dropped: {{ '\n' }}.

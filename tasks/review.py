@@ -72,7 +72,8 @@ def render_review(
     fields: dict[str, dict[str, float]],
     title: str = "receipt-llava: test receipts, worst first",
 ) -> str:
-    """records: id, image (PIL), target (gt_parse dict), prediction (raw text), parsed (dict)."""
+    """records: id, image (PIL), target (gt_parse dict), prediction (raw text), parsed (dict),
+    and with OCR grounding `ocr` (the lines the prompt carried)."""
     scored = sorted(
         ({**r, "ted": ted_accuracy(r["parsed"], r["target"])} for r in records),
         key=lambda r: (r["ted"], r["id"]),
@@ -107,7 +108,13 @@ def render_review(
             f"<details><summary>raw answer</summary><pre>{html.escape(r['prediction'])}</pre>"
             f"</details><details><summary>expected JSON</summary><pre>"
             f"{html.escape(json.dumps(r['target'], ensure_ascii=False, indent=1))}</pre></details>"
-            "</div></section>"
+            + (
+                f"<details><summary>OCR lines in the prompt</summary><pre>"
+                f"{html.escape(r['ocr'] or '(OCR found no text)')}</pre></details>"
+                if isinstance(r.get("ocr"), str)
+                else ""
+            )
+            + "</div></section>"
         )
     parts.append("</body></html>")
     return "".join(parts)

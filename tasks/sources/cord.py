@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 from pathlib import Path
 
 from tasks.config import CordParams
 from tasks.sources import RawRecord
 from tasks.sources.photo import render_photo
+
+log = logging.getLogger(__name__)
 
 # The shipped annotations, relative to the repository (a path argument overrides it).
 SHIPPED = Path("assets/cord/annotations.jsonl.gz")
@@ -60,7 +63,11 @@ def load(p: CordParams, max_side: int, path: str | Path = SHIPPED) -> list[RawRe
     if p.exclude_flagged:
         out = excluded(path)
         rows = [r for r in rows if f"{r['split']}/{r['name']}" not in out]
-        print(f"cord: {len(out)} flagged receipts left out ({Path(path).parent / 'excluded.json'})")
+        log.warning(
+            "cord: %d flagged receipts left out, each with its reason in %s",
+            len(out),
+            Path(path).parent / "excluded.json",
+        )
     dev = dev_splits([r["name"] for r in rows if r["split"] == "dev"], p)
     records = []
     for r in rows:

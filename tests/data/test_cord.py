@@ -95,7 +95,7 @@ def test_a_bad_annotation_row_names_its_record_and_field(tmp_path):
         cord.load(small_params().data.cord, 320, write_rows(tmp_path / "c.jsonl.gz", [other]))
 
 
-def test_flagged_receipts_are_left_out_by_name_with_their_reasons(tmp_path, capsys):
+def test_flagged_receipts_are_left_out_by_name_with_their_reasons(tmp_path, caplog):
     rows = shipped_rows()
     listing = json.loads((SHIPPED.parent / "excluded.json").read_text())
     assert len(listing) == 51 and all(listing.values())  # every one says why
@@ -112,6 +112,6 @@ def test_flagged_receipts_are_left_out_by_name_with_their_reasons(tmp_path, caps
     (tmp_path / "excluded.json").write_text(json.dumps({flagged: listing[flagged]}))
     p = small_params().data.cord
     assert [r.id for r in cord.load(p, 320, path)] == [f"cord-{keep['split']}-{keep['name']}"]
-    assert "1 flagged receipts left out" in capsys.readouterr().out
+    assert "1 flagged receipts left out" in caplog.text
     every = cord.load(p.model_copy(update={"exclude_flagged": False}), 320, path)
     assert len(every) == 2

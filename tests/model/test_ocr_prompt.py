@@ -2,6 +2,7 @@
 prompt through `tasks.ocr.instruction` when training, evaluating, predicting and serving; a
 receipt on which OCR finds nothing is still answered, with a warning."""
 
+import html
 import io
 import json
 
@@ -98,3 +99,22 @@ def test_a_receipt_where_ocr_finds_nothing_is_answered_with_a_warning(grounded):
     ).read([blank])
     assert not any("OCR" in w for w in plain["warnings"])  # no grounding, no OCR warning
     assert json.dumps(row["json"])  # its answer is JSON-serialisable, as predict prints it
+
+
+def test_the_review_page_shows_the_ocr_lines_the_prompt_carried(grounded):
+    from tasks.receipt_json import parse_target
+    from tasks.review import render_review
+
+    record = grounded["dataset"]["test"][0]
+    row = {
+        "id": record["id"],
+        "image": record["image"],
+        "target": parse_target(record["target"]),
+        "prediction": "{}",
+        "parsed": {},
+    }
+    metrics = {"json_valid_rate": 1.0, "base_json_valid_rate": 0.0}
+    grounded_page = render_review([{**row, "ocr": record["ocr"]}], metrics, {})
+    first_line = html.escape(record["ocr"].splitlines()[0])
+    assert "OCR lines in the prompt" in grounded_page and first_line in grounded_page
+    assert "OCR lines" not in render_review([{**row, "ocr": None}], metrics, {})
