@@ -111,6 +111,7 @@ class ReceiptReader:
         s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
         ocr = [ocr_text(im) for im in images] if s.ocr_prompt else None
         outputs = answers(self.model, self.processor, images, s, ocr)
+        texts: list[str | None] = list(ocr) if ocr is not None else [None] * len(images)
         return [
             {
                 "json": parse_target(o),
@@ -119,7 +120,7 @@ class ReceiptReader:
                 "warnings": receipt_warnings(im)
                 + (["OCR found no text: the answer rests on the image alone"] if t == "" else []),
             }
-            for o, im, t in zip(outputs, images, ocr or [None] * len(images), strict=True)  # type: ignore[list-item]
+            for o, im, t in zip(outputs, images, texts, strict=True)
         ]
 
 
