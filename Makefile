@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed ## create .venv with the pinned stack
 
 data: setup ## refresh data/ from SOURCE (default: params.yaml data.source) and `dvc add` it
-	$(PY) -m tasks.data $(if $(SOURCE),--source '$(SOURCE)')
+	$(PY) -m tasks.refresh_data $(if $(SOURCE),--source '$(SOURCE)')
 
 run: setup ## run the whole pipeline on the embedded default (creates data/ if missing)
 	@if [ ! -d data ]; then \
@@ -45,10 +45,10 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 	-@$(PY) -m tasks.promote   # a refusal (no better than the champion) is reported, not an error
 
 ocr-cache: setup ## re-make assets/cord/ocr.jsonl.gz: OCR of every image in data/ (~8 min for CORD on 2 cores)
-	$(PY) -m tasks.ocr --data data --cache assets/cord/ocr.jsonl.gz
+	$(PY) -m tasks.inference.ocr
 
 pretrain: setup ## re-make models/tiny-reader: the embedded base learns to read (~80 min on 2 cores)
-	$(PY) -m tasks.pretrain --out models/tiny-reader
+	$(PY) -m tasks.reader.pretrain
 
 repro: setup ## dvc repro (train .. register) on the current data/
 	dvc repro
@@ -79,10 +79,11 @@ test: setup ## all tests, end-to-end ones included (what CI runs)
 test-fast: setup ## tests without the slow end-to-end ones
 	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
-lint: setup ## ruff (lint + format check) and mypy
+lint: setup ## ruff (lint + format check), mypy, and the layer contracts (import-linter)
 	$(VENV)/bin/ruff check tasks flows tests bench devtools
 	$(VENV)/bin/ruff format --check tasks flows tests bench devtools
 	$(VENV)/bin/mypy tasks flows bench tests devtools
+	$(VENV)/bin/lint-imports
 
 clean: ## remove pipeline outputs (keeps data/ and .venv)
 	rm -rf artifacts reports/data_docs reports/*.json reports/*.jsonl reports/*.csv

@@ -10,7 +10,7 @@ BACKEND_MEMORY_GIB: llguidance and outlines_core are project dependencies; xgram
 
 Needs the project's `make run` outputs (artifacts/dataset, base, adapter) and its params.yaml.
 The base is the adapter's base with the adapter switched off (as evaluate does); answers are
-scored with tasks.metrics.score, as evaluate scores them.
+scored with tasks.evaluation.metrics.score, as evaluate scores them.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def timed_answers(answer) -> tuple[list[str], float]:
 
 
 def _load(project: Path, limit: int):
-    from tasks.config import load_params
-    from tasks.dataset import load_dataset_dir
+    from tasks.core.config import load_params
+    from tasks.data.dataset import load_dataset_dir
     from tasks.evaluate import load_for_inference
 
     params = load_params(project / "params.yaml")
@@ -90,9 +90,9 @@ def _load(project: Path, limit: int):
 def one_backend(project: Path, limit: int, backend: str) -> dict[str, Any]:
     """The fine-tuned model held to the schema by one backend: validity, samples/s, and the
     time to build the schema's processor."""
-    from tasks.constrained import json_schema_processor
-    from tasks.generation import generate
-    from tasks.metrics import score
+    from tasks.evaluation.metrics import score
+    from tasks.inference.constrained import json_schema_processor
+    from tasks.inference.generation import generate
 
     params, images, gts, model, processor = _load(project, limit)
     e = params.evaluate
@@ -150,9 +150,9 @@ def backend_in_child(project: Path, limit: int, backend: str) -> dict[str, Any]:
 
 
 def measure(project: Path, limit: int) -> dict[str, Any]:
-    from tasks.generation import generate
-    from tasks.metrics import score
-    from tasks.receipt_json import schema_violations
+    from tasks.data.receipt_json import schema_violations
+    from tasks.evaluation.metrics import score
+    from tasks.inference.generation import generate
 
     params, images, gts, model, processor = _load(project, limit)
     e = params.evaluate

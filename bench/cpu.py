@@ -79,10 +79,10 @@ def make_project(root: Path) -> Path:
 
 def in_process_figures(project: Path) -> dict[str, object]:
     """Eval throughput (batched vs one by one) and train time at three dataset sizes."""
-    from tasks.config import load_params
-    from tasks.dataset import load_dataset_dir
+    from tasks.core.config import load_params
+    from tasks.data.dataset import load_dataset_dir
     from tasks.evaluate import load_for_inference
-    from tasks.generation import generate
+    from tasks.inference.generation import generate
     from tasks.train import run_train
 
     params = load_params(project / "params.yaml")
@@ -107,9 +107,8 @@ def in_process_figures(project: Path) -> dict[str, object]:
         datasets.DatasetDict({"train": full.select(range(n)), "test": dd["test"]}).save_to_disk(
             str(sub)
         )
-        p = params.model_copy(
-            update={"train": params.train.model_copy(update={"epochs": 2, "save_steps": 10_000})}
-        )
+        p = params.model_copy(deep=True)
+        p.train.args = p.train.args.model_copy(update={"num_train_epochs": 2, "save_steps": 10_000})
         s = run_train(
             p,
             sub,
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="receipt-bench-"))
     project = make_project(root)
-    stages = {"make data": timed([sys.executable, "-m", "tasks.data"], project)}
+    stages = {"make data": timed([sys.executable, "-m", "tasks.refresh_data"], project)}
     from flows.retrain import STAGES  # the pipeline order, champion stage included
 
     for stage in STAGES:

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from tasks.config import Params, load_params
-from tasks.modeling import build_tiny_tokenizer, load_model, lora_config
+from tasks.core.config import Params, load_params
+from tasks.model.modeling import load_model, lora_config
+from tasks.reader.build import build_tiny_tokenizer
 
 
 def repo_params() -> Params:
@@ -65,7 +66,7 @@ def build(out: Path, tiny: bool) -> Path:
 
     tok = build_tiny_tokenizer()
     if tiny:
-        from tasks.modeling import build_tiny
+        from tasks.reader.build import build_tiny
 
         model, processor = build_tiny(
             repo_params().pretrain.model.model_copy(
@@ -197,8 +198,8 @@ def measure(
 def main(argv: list[str] | None = None) -> None:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from tasks.modeling import load_processor, pick_attn
-    from tasks.train import ReceiptCollator
+    from tasks.model.collator import ReceiptCollator
+    from tasks.model.modeling import load_processor, pick_attn
 
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

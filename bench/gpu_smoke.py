@@ -4,7 +4,7 @@ sizes (random weights) through data -> ingest -> base -> train -> evaluate (-> m
     python -m bench.gpu_smoke --json reports/gpu_smoke.json        # on a GPU machine
     python -m bench.gpu_smoke --dims tiny --steps 1                # the same code on CPU (test)
 
-The replica is built from the genuine hub files (tasks/replica.py) with `--dims 7b`, so
+The replica is built from the genuine hub files (devtools/replica.py) with `--dims 7b`, so
 `from_pretrained` loads the path a GPU worker loads: the hub processor (with image_fit),
 the Llama tokenizer and template, 576 image tokens, 4-bit NF4 + LoRA from the 7B recipe
 (configs/llava-1.5-7b.yaml, merged as `make recipe` merges it), bf16 and the attention the
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from tasks.config import Params
-from tasks.io import write_json_atomic
+from tasks.core.config import Params
+from tasks.core.io import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = REPO.parent / "shared" / "hub-configs" / "llava-1.5-7b-hf"
@@ -43,19 +43,19 @@ def smoke_params(replica: Path, steps: int, records: int) -> Params:
     p.model = p.model.model_copy(update={"base": str(replica), "revision": None})
     if not torch.cuda.is_available():  # the CPU check: no bf16 autocast or flash-attn here
         p.train = p.train.model_copy(update={"compute_dtype": "float32"})
-    p.train = p.train.model_copy(update={"max_steps": steps, "save_steps": 10_000})
+    p.train.args = p.train.args.model_copy(update={"max_steps": steps, "save_steps": 10_000})
     p.evaluate = p.evaluate.model_copy(update={"limit": 4, "max_new_tokens": 16})
     return p
 
 
 def run(work: Path, hub_files: Path, dims: str, steps: int, records: int, merge: bool):
-    from tasks.base import run_build_base
-    from tasks.data import run_data
+    from devtools.replica import build_replica
+    from tasks.build_base import run_build_base
     from tasks.evaluate import run_evaluate
     from tasks.ingest import run_ingest
     from tasks.merge import run_merge
-    from tasks.modeling import image_token_count, load_processor
-    from tasks.replica import build_replica
+    from tasks.model.modeling import image_token_count, load_processor
+    from tasks.refresh_data import run_data
     from tasks.train import run_train
 
     seconds: dict[str, float] = {}

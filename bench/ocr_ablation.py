@@ -21,10 +21,10 @@ import torch
 
 from bench.cpu import machine
 from bench.seeds import METRICS, commit
-from tasks.config import load_params
+from tasks.core.config import load_params
+from tasks.core.io import quiet_telemetry, write_json_atomic
 from tasks.evaluate import run_evaluate
 from tasks.ingest import run_ingest
-from tasks.io import quiet_telemetry, write_json_atomic
 from tasks.train import run_train
 
 

@@ -8,7 +8,7 @@ Rules, per OCR line (top to bottom): a line naming a summary field by keyword (s
 tax, service, discount, total, cash, change, card) gives that field the line's last amount;
 before the first such line, a line holding an amount and a name is a menu item (a leading or
 trailing small integer, or `2x`/`x2`, is its count). Scored by the pipeline's own metrics
-(`tasks.metrics.score`) on the `ocr` column that ingest stored, so model and rules read the
+(`tasks.evaluation.metrics.score`) on the `ocr` column that ingest stored, so model and rules read the
 same words. The rules were written by looking at training receipts only.
 """
 
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.metrics import per_field, score
-from tasks.receipt_json import to_target
+from tasks.data.receipt_json import to_target
+from tasks.evaluation.metrics import per_field, score
 
 # An amount as receipts print it: 82,000 / 82.000 / 82000 / 8,200.50 (a leading Rp or @ aside).
 AMOUNT = re.compile(r"(?<![\w.,])-?(?:\d{1,3}(?:[.,]\d{3})+|\d{3,})(?:[.,]\d{2})?(?![\w])")
@@ -97,7 +97,7 @@ def rules_parse(ocr: str) -> dict[str, Any]:
 
 
 def run(dataset: str | Path, split: str) -> dict[str, Any]:
-    from tasks.dataset import load_dataset_dir
+    from tasks.data.dataset import load_dataset_dir
 
     ds = load_dataset_dir(dataset, decode_images=False)[split]
     if any(o is None for o in ds["ocr"]):
@@ -106,7 +106,7 @@ def run(dataset: str | Path, split: str) -> dict[str, Any]:
     answers = [to_target(rules_parse(o)) for o in ds["ocr"]]
     seconds = time.perf_counter() - start
     gts = [json.loads(t) for t in ds["target"]]
-    from tasks.receipt_json import parse_target
+    from tasks.data.receipt_json import parse_target
 
     metrics = {k: round(float(v), 4) for k, v in score(answers, gts).items()}
     return {
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--report", default="docs/ocr_rules.json")
     args = ap.parse_args(argv)
-    from tasks.io import write_json_atomic
+    from tasks.core.io import write_json_atomic
 
     report = run(args.dataset, args.split)
     write_json_atomic(args.report, report)

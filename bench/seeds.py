@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from bench.cpu import machine
-from tasks.config import load_params
+from tasks.core.config import load_params
+from tasks.core.io import quiet_telemetry, write_json_atomic
 from tasks.evaluate import run_evaluate
-from tasks.io import quiet_telemetry, write_json_atomic
 from tasks.train import run_train
 
 METRICS = (
@@ -65,7 +65,7 @@ def row(
 
 def train_and_score(project: Path, seed: int, work: Path) -> dict[str, Any]:
     params = load_params(project / "params.yaml")
-    params.train = params.train.model_copy(update={"seed": seed})
+    params.train.args = params.train.args.model_copy(update={"seed": seed, "data_seed": seed})
     out = work / f"seed-{seed}"
     art = project / "artifacts"
     train = run_train(
@@ -74,7 +74,7 @@ def train_and_score(project: Path, seed: int, work: Path) -> dict[str, Any]:
     metrics = run_evaluate(
         params, art / "dataset", art / "base", out / "adapter", out / "m.json", out / "p.jsonl"
     )
-    return row(seed, train, metrics, "bench.seeds", params.train.learning_rate)
+    return row(seed, train, metrics, "bench.seeds", params.train.args.learning_rate)
 
 
 def merge(out: Path, rows: list[dict[str, Any]], project: Path) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     if a.record_make_run:
         reports = project / "reports"
-        t = load_params(project / "params.yaml").train
+        t = load_params(project / "params.yaml").train.args
         train = json.loads((reports / "train.json").read_text())
         metrics = json.loads((reports / "metrics.json").read_text())
         rows.append(row(t.seed, train, metrics, "make run", t.learning_rate))

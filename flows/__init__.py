@@ -1,1 +1,2 @@
-"""Prefect flows that orchestrate the DVC stages (see issue 4)."""
+"""Prefect flows: retraining (every DVC stage in order, the train stage on a GPU pool if asked),
+its reports, a cron deployment, and batch scoring."""

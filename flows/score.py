@@ -23,6 +23,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from tasks.core.errors import MissingInput
+
 
 def _total(row: dict[str, Any]) -> str:
     total = (row.get("json") or {}).get("total")
@@ -34,7 +36,7 @@ def _total(row: dict[str, Any]) -> str:
 def score_folder(
     folder: str, out: str, version: str | None, repo: str, json_schema: bool | None = None
 ) -> dict[str, Any]:
-    from tasks.config import load_params
+    from tasks.core.config import load_params
     from tasks.score import run_score
 
     name = load_params(Path(repo) / "params.yaml").register_.model_name
@@ -85,15 +87,20 @@ def score(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from tasks.core import cli
+
+    ap = cli.parser(__doc__.split("\n")[0], paths=("score",))
     ap.add_argument("--dir", required=True)
-    ap.add_argument("--out", default="reports/score")
     ap.add_argument("--version", default=None)
     ap.add_argument("--repo", default=".")
     ap.add_argument("--json-schema", action=argparse.BooleanOptionalAction, default=None)
-    args = ap.parse_args(argv)
-    summary = score(args.dir, args.out, args.version, args.repo, args.json_schema)
-    print(json.dumps(summary, indent=2))
+
+    def body(a, p) -> str:
+        if not Path(a.dir).is_dir():
+            raise MissingInput(f"{a.dir}: no such folder of receipts")
+        return json.dumps(score(a.dir, a.score, a.version, a.repo, a.json_schema), indent=2)
+
+    cli.run("score", ap, body, argv)
 
 
 if __name__ == "__main__":

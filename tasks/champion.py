@@ -9,20 +9,20 @@ champion moves, and a `dvc repro` re-gates against the new one.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Params, load_params
-from tasks.io import quiet_telemetry, write_json_atomic
+from tasks.core import cli
+from tasks.core.config import Params
+from tasks.core.io import write_json_atomic
 
 CHAMPION_FILE = "reports/champion.json"  # the champion stage's out in dvc.yaml
 
 
 def current_champion(params: Params, repo: str | Path = ".") -> dict[str, Any]:
     """{model_name, version, model_digest, run_id}; version None when there is no champion."""
-    from tasks.tracking import alias_version, setup
+    from tasks.registry.tracking import alias_version, setup
 
     r = params.register_
     mv = alias_version(setup(r.experiment, repo), r.model_name, "champion")
@@ -41,13 +41,14 @@ def run_champion(params: Params, out_path: str | Path, repo: str | Path = ".") -
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Write the registry's current champion to a file.")
-    ap.add_argument("--params", default="params.yaml")
+    ap = cli.parser("Write the registry's current champion to a file.", paths=("champion",))
     ap.add_argument("--repo", default=".")
-    ap.add_argument("--out", default=CHAMPION_FILE)
-    args = ap.parse_args(argv)
-    print("champion:", json.dumps(run_champion(load_params(args.params), args.out, args.repo)))
+    cli.run(
+        "champion",
+        ap,
+        lambda a, p: f"champion: {json.dumps(run_champion(p, a.champion, a.repo))}",
+        argv,
+    )
 
 
 if __name__ == "__main__":

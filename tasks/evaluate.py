@@ -8,24 +8,32 @@ reports/predictions.jsonl and a per-field breakdown.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Params, load_params
-from tasks.generation import Settings, answers
-from tasks.io import quiet_telemetry, write_json_atomic, write_text_atomic
-from tasks.metrics import per_field, score
-from tasks.modeling import fit_images, load_model, load_processor, resolve_base
-from tasks.receipt_json import parse_target
+from tasks.core import cli
+from tasks.core.config import Params
+from tasks.core.io import write_json_atomic, write_text_atomic
+from tasks.data.receipt_json import parse_target
+from tasks.evaluation.metrics import per_field, score
+from tasks.inference.generation import Settings, answers
+from tasks.model.modeling import (
+    fit_images,
+    load_model,
+    load_processor,
+    require_adapter,
+    resolve_base,
+)
 
 
 def load_for_inference(params: Params, base_dir: str | Path, adapter_dir: str | Path | None):
     """Base in full (or the compute) precision, with the adapter on top when given."""
     from peft import PeftModel
 
+    if adapter_dir:
+        adapter_dir = require_adapter(adapter_dir)
     base, revision = resolve_base(params.model, base_dir)
     s = Settings.from_params(params)
     model = load_model(
@@ -52,7 +60,7 @@ def run_evaluate(
     fields_path: str | Path | None = None,
     review_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    from tasks.dataset import load_dataset_dir
+    from tasks.data.dataset import load_dataset_dir
 
     e = params.evaluate
     test = load_dataset_dir(dataset_dir)["test"]
@@ -91,7 +99,7 @@ def run_evaluate(
     if fields_path:
         write_json_atomic(fields_path, fields)
     if review_path:
-        from tasks.review import render_review
+        from tasks.evaluation.review import render_review
 
         shown = [
             {**r, "image": im, "target": gt} for r, im, gt in zip(rows, images, gts, strict=True)
@@ -101,30 +109,18 @@ def run_evaluate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(
-        description="Evaluate base and fine-tuned model on the test split."
+    ap = cli.parser(
+        "Evaluate the base and the fine-tuned model on the test split.",
+        paths=("dataset", "base", "adapter", "metrics", "predictions", "fields", "review"),
     )
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default="artifacts/dataset")
-    ap.add_argument("--base", default="artifacts/base")
-    ap.add_argument("--adapter", default="artifacts/adapter")
-    ap.add_argument("--metrics", default="reports/metrics.json")
-    ap.add_argument("--predictions", default="reports/predictions.jsonl")
-    ap.add_argument("--fields", default="reports/fields.json")
-    ap.add_argument("--review", default="reports/review.html", help="the review page")
-    args = ap.parse_args(argv)
-    m = run_evaluate(
-        load_params(args.params),
-        args.dataset,
-        args.base,
-        args.adapter,
-        args.metrics,
-        args.predictions,
-        args.fields,
-        args.review,
-    )
-    print("evaluate:", json.dumps(m))
+
+    def body(a, p) -> str:
+        m = run_evaluate(
+            p, a.dataset, a.base, a.adapter, a.metrics, a.predictions, a.fields, a.review
+        )
+        return f"evaluate: {json.dumps(m)}"
+
+    cli.run("evaluate", ap, body, argv)
 
 
 if __name__ == "__main__":

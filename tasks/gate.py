@@ -9,19 +9,19 @@ and register. With no champion yet, only the thresholds apply.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Params, load_params
-from tasks.io import quiet_telemetry, write_json_atomic
+from tasks.core import cli
+from tasks.core.config import Params
+from tasks.core.errors import Refused
+from tasks.core.io import write_json_atomic
 
 COMPARED = ("json_valid_rate", "ted_accuracy", "field_f1")
 
 
-class GateFailed(RuntimeError):
+class GateFailed(Refused):
     pass
 
 
@@ -31,11 +31,11 @@ def champion_metrics(
     """The metrics on this test split of the champion named in champion_path (None: no champion)."""
     import mlflow.pyfunc
 
-    from tasks.dataset import load_dataset_dir
-    from tasks.generation import Settings, answers
-    from tasks.metrics import score
-    from tasks.modeling import torch_dtype
-    from tasks.tracking import setup
+    from tasks.data.dataset import load_dataset_dir
+    from tasks.evaluation.metrics import score
+    from tasks.inference.generation import Settings, answers
+    from tasks.model.modeling import torch_dtype
+    from tasks.registry.tracking import setup
 
     r = params.register_
     champion = json.loads(Path(champion_path).read_text())
@@ -127,26 +127,18 @@ def run_gate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Gate the evaluated model before merge and register.")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics", default="reports/metrics.json")
-    ap.add_argument("--dataset", default="artifacts/dataset")
-    ap.add_argument("--champion", default="reports/champion.json")
-    ap.add_argument("--report", default="reports/gate.json")
-    args = ap.parse_args(argv)
-    try:
-        report = run_gate(
-            load_params(args.params), args.metrics, args.dataset, args.champion, args.report
-        )
-    except GateFailed as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
-    champ = report["champion"]
-    print(
-        "gate: passed"
-        + (f" (champion v{champ['version']} re-evaluated)" if champ else " (no champion yet)")
+    ap = cli.parser(
+        "Gate the evaluated model before merge and register.",
+        paths=("metrics", "dataset", "champion", "gate"),
     )
+
+    def body(a, p) -> str:
+        champ = run_gate(p, a.metrics, a.dataset, a.champion, a.gate)["champion"]
+        return "gate: passed" + (
+            f" (champion v{champ['version']} re-evaluated)" if champ else " (no champion yet)"
+        )
+
+    cli.run("gate", ap, body, argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ the validate stage reports them by id instead of ingest dropping them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -15,10 +14,12 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tasks.config import IngestParams, load_params
-from tasks.dataset import SPLITS
-from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
-from tasks.receipt_json import derive_gt_parse, to_target
+from tasks.core import cli
+from tasks.core.config import IngestParams
+from tasks.core.errors import BadInput, MissingInput
+from tasks.core.io import atomic_dir, write_json_atomic
+from tasks.data.dataset import SPLITS
+from tasks.data.receipt_json import derive_gt_parse, to_target
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def read_snapshot(
     none (each carve appended to `carves`)."""
     meta = raw_dir / "metadata.jsonl"
     if not meta.is_file():
-        raise FileNotFoundError(f"ingest: {meta} not found; create data with `make data`")
+        raise MissingInput(f"ingest: {meta} not found; create data with `make data`")
     rows = []
     for n, line in enumerate(meta.read_text().splitlines(), start=1):
         if not line.strip():
@@ -81,15 +82,15 @@ def read_snapshot(
             m = json.loads(line)
             file_name, ground_truth = m["file_name"], m["ground_truth"]
         except (json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(f"{meta}:{n}: bad metadata row ({exc!r})") from exc
+            raise BadInput(f"{meta}:{n}: bad metadata row ({exc!r})") from exc
         image_path = raw_dir / file_name
         split = m.get("split")
         if split is not None and not isinstance(split, str):
-            raise ValueError(
+            raise BadInput(
                 f"{meta}:{n}: record {Path(file_name).stem!r}: field split={split!r} is not a name"
             )
         if not image_path.is_file():
-            raise ValueError(
+            raise BadInput(
                 f"{meta}:{n}: record {Path(file_name).stem!r}: field file_name={file_name!r} "
                 "names no file in the snapshot"
             )
@@ -122,7 +123,7 @@ def read_snapshot(
     unknown = sorted({r["split"] for r in rows} - set(SPLITS))
     if unknown:
         bad = next(r["id"] for r in rows if r["split"] in unknown)
-        raise ValueError(f"record {bad!r}: field split={unknown[0]!r} is not one of {SPLITS}")
+        raise BadInput(f"record {bad!r}: field split={unknown[0]!r} is not one of {SPLITS}")
     return rows
 
 
@@ -145,7 +146,7 @@ def run_ingest(
     rows = read_snapshot(Path(raw_dir), p, carves)
     texts: list[str | None] = [None] * len(rows)
     if ocr:
-        from tasks.ocr import OcrCache, read_many
+        from tasks.inference.ocr import OcrCache, read_many
 
         cache = OcrCache(ocr_cache)
         texts = list(read_many(cache, [r["image"]["bytes"] for r in rows], workers))
@@ -173,7 +174,7 @@ def run_ingest(
         )
 
     # Empty splits are left out: datasets 5.2 cannot load an empty split back from disk.
-    # tasks.dataset.load_dataset_dir restores them as empty datasets, and validation names them.
+    # tasks.data.dataset.load_dataset_dir restores them as empty datasets, and validation names them.
     dd = datasets.DatasetDict({s: ds for s in SPLITS if len(ds := split_dataset(s))})
     with atomic_dir(out_dir) as tmp:
         dd.save_to_disk(str(tmp))
@@ -182,24 +183,23 @@ def run_ingest(
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Ingest the raw snapshot into a processed dataset.")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--raw", default="data")
-    ap.add_argument("--out", default="artifacts/dataset")
-    ap.add_argument("--ocr-cache", default=None, help="OCR already read (tasks.ocr.OcrCache)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    params = load_params(args.params)
-    counts = run_ingest(
-        params.ingest,
-        args.raw,
-        args.out,
-        ocr=params.model.ocr_prompt,
-        ocr_cache=args.ocr_cache,
-        workers=len(os.sched_getaffinity(0)),
+    ap = cli.parser(
+        "Ingest the raw snapshot into a processed dataset.",
+        paths=("data", "dataset", "ocr_cache"),
     )
-    print("ingest:", ", ".join(f"{k}={v}" for k, v in counts.items()), "->", args.out)
+
+    def body(a, p) -> str:
+        counts = run_ingest(
+            p.ingest,
+            a.data,
+            a.dataset,
+            ocr=p.model.ocr_prompt,
+            ocr_cache=a.ocr_cache,
+            workers=len(os.sched_getaffinity(0)),
+        )
+        return f"ingest: {', '.join(f'{k}={v}' for k, v in counts.items())} -> {a.dataset}"
+
+    cli.run("ingest", ap, body, argv)
 
 
 if __name__ == "__main__":

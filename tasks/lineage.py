@@ -9,167 +9,42 @@ hash of each stage's entry in dvc.lock, and a params digest.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-# Pipeline bookkeeping that changes while `dvc repro` runs: not "uncommitted code".
-_NOT_DIRT = ("dvc.lock", "data.dvc", "reports/")
-
-
-def git_state(repo: Path) -> tuple[str, bool]:
-    """(commit, dirty): dirty when tracked files other than pipeline bookkeeping differ from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except subprocess.CalledProcessError:
-        return "none", True
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    dirty = any(not line[3:].startswith(_NOT_DIRT) for line in status)
-    return commit, dirty
-
-
-def data_md5(repo: Path, dvc_file: str = "data.dvc") -> str:
-    return yaml.safe_load((repo / dvc_file).read_text())["outs"][0]["md5"]
-
-
-def stage_hashes(repo: Path) -> dict[str, str]:
-    """A short hash of each stage's dvc.lock entry (its cmd, deps, params and outs hashes)."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text()) if (repo / "dvc.lock").exists() else {}
-    return {
-        name: hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
-        for name, entry in (lock.get("stages") or {}).items()
-    }
-
-
-def collect(repo: str | Path, params_digest: str) -> dict[str, str]:
-    """Lineage tags for a model version (all strings, as MLflow tags are)."""
-    repo = Path(repo)
-    commit, dirty = git_state(repo)
-    tags = {
-        "git_commit": commit,
-        "git_dirty": str(dirty).lower(),
-        "data_md5": data_md5(repo),
-        "params_digest": params_digest,
-    }
-    tags |= {f"dvc_stage.{k}": v for k, v in stage_hashes(repo).items()}
-    return tags
-
-
-def version_of(client, name: str, version: str | None, alias: str | None):
-    from tasks.tracking import alias_version
-
-    mv = (
-        client.get_model_version(name, version)
-        if version
-        else alias_version(client, name, alias or "champion")
-    )
-    if mv is None:
-        raise LookupError(f"model {name!r} has no version with alias {alias!r}")
-    return mv
-
-
-def show(client, name: str, version: str | None = None, alias: str | None = None) -> dict[str, Any]:
-    mv = version_of(client, name, version, alias)
-    tags = dict(mv.tags)
-    run = client.get_run(mv.run_id)
-    return {
-        "name": name,
-        "version": str(mv.version),
-        "aliases": list(mv.aliases),
-        "run_id": mv.run_id,
-        "git_commit": tags.get("git_commit"),
-        "git_dirty": tags.get("git_dirty"),
-        "data_md5": tags.get("data_md5"),
-        "params_digest": tags.get("params_digest"),
-        "dvc_stages": {
-            k.split(".", 1)[1]: v for k, v in tags.items() if k.startswith("dvc_stage.")
-        },
-        "params": dict(run.data.params),
-        "metrics": dict(run.data.metrics),
-    }
-
-
-def hash_dir(repo: Path, path: Path) -> str:
-    """The md5 DVC computes for a directory (the value `dvc add` writes)."""
-    from dvc.repo import Repo
-    from dvc_data.hashfile.build import build
-
-    with Repo(str(repo)) as dvc_repo:
-        _, _, obj = build(dvc_repo.cache.local, str(path.resolve()), dvc_repo.fs, "md5")
-    return str(obj.hash_info.value)
-
-
-def restore(repo: str | Path, md5: str, dvc_file: str = "data.dvc") -> str:
-    """Point data.dvc at `md5`, `dvc checkout` it (pull from the remote on a cache miss),
-    and return the md5 recomputed from the restored files."""
-    repo = Path(repo)
-    meta = yaml.safe_load((repo / dvc_file).read_text())
-    out = meta["outs"][0]
-    out.update(md5=md5)
-    for stale in ("size", "nfiles"):
-        out.pop(stale, None)
-    (repo / dvc_file).write_text(yaml.safe_dump(meta, sort_keys=False))
-    done = subprocess.run(
-        ["dvc", "checkout", "--force", dvc_file], cwd=repo, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        subprocess.run(
-            ["dvc", "pull", "--force", dvc_file],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    return hash_dir(repo, repo / out["path"])
+from tasks.core import cli
+from tasks.core.errors import Refused
+from tasks.registry.lineage import restore, show
+from tasks.registry.tracking import setup
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tasks.config import load_params
-    from tasks.io import quiet_telemetry
-    from tasks.tracking import setup
-
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = cli.parser(__doc__)
     ap.add_argument("action", choices=["show", "restore"])
-    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--version")
     ap.add_argument("--alias", default=None, help="default champion (when --version is not given)")
     ap.add_argument("--repo", default=".")
-    args = ap.parse_args(argv)
-    r = load_params(args.params).register_
-    client = setup(r.experiment, args.repo)
-    try:
-        info = show(client, r.model_name, args.version, args.alias)
-    except LookupError as exc:
-        print(f"lineage: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if args.action == "show":
-        print(json.dumps(info, indent=2))
-        return
-    restored = restore(args.repo, info["data_md5"])
-    ok = restored == info["data_md5"]
-    print(
-        f"restored data of {r.model_name} v{info['version']}: {restored} "
-        f"({'matches' if ok else 'DOES NOT match'} the version's data_md5 {info['data_md5']})"
+    cli.run("lineage", ap, _lineage, argv)
+
+
+class LineageMismatch(Refused):
+    pass
+
+
+def _lineage(a, p) -> str:
+    r = p.register_
+    info = show(setup(r.experiment, a.repo), r.model_name, a.version, a.alias)
+    if a.action == "show":
+        return json.dumps(info, indent=2)
+    restored = restore(a.repo, info["data_md5"])
+    if restored != info["data_md5"]:
+        raise LineageMismatch(
+            f"restored data of {r.model_name} v{info['version']} is {restored}, "
+            f"not the version's data_md5 {info['data_md5']}"
+        )
+    return (
+        f"restored data of {r.model_name} v{info['version']}: {restored} (matches its data_md5)\n"
+        "back to the current data: git checkout data.dvc && dvc checkout data.dvc"
     )
-    print("back to the current data: git checkout data.dvc && dvc checkout data.dvc")
-    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,18 @@ outputs (a known peft pitfall).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from tasks.config import Params, load_params
-from tasks.io import atomic_dir, quiet_telemetry
-from tasks.modeling import inference_dtype, load_model, load_processor, resolve_base
+from tasks.core import cli
+from tasks.core.config import Params
+from tasks.core.io import atomic_dir
+from tasks.model.modeling import (
+    inference_dtype,
+    load_model,
+    load_processor,
+    require_adapter,
+    resolve_base,
+)
 
 
 def run_merge(
@@ -19,6 +25,7 @@ def run_merge(
 ) -> Path:
     from peft import PeftModel
 
+    adapter = require_adapter(adapter_dir)
     base, revision = resolve_base(params.model, base_dir)
     model = load_model(
         base,
@@ -28,8 +35,8 @@ def run_merge(
         revision=revision,
         device_map="cpu",
     )
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    processor = load_processor(str(adapter_dir))
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    processor = load_processor(adapter)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
@@ -37,14 +44,10 @@ def run_merge(
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Merge the adapter into a full-precision base.")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--base", default="artifacts/base")
-    ap.add_argument("--adapter", default="artifacts/adapter")
-    ap.add_argument("--out", default="artifacts/merged")
-    args = ap.parse_args(argv)
-    print("merge:", run_merge(load_params(args.params), args.base, args.adapter, args.out))
+    ap = cli.parser(
+        "Merge the adapter into a full-precision base.", paths=("base", "adapter", "merged")
+    )
+    cli.run("merge", ap, lambda a, p: f"merge: {run_merge(p, a.base, a.adapter, a.merged)}", argv)
 
 
 if __name__ == "__main__":

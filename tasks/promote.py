@@ -11,17 +11,16 @@ champion there). The reason is recorded in version tags; otherwise it refuses.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Params, load_params
-from tasks.io import quiet_telemetry
+from tasks.core import cli
+from tasks.core.config import Params
+from tasks.core.errors import Refused
 
 
-class PromotionRefused(RuntimeError):
+class PromotionRefused(Refused):
     pass
 
 
@@ -51,11 +50,12 @@ def promote(
     client, params: Params, version: str | None = None, repo: str | Path | None = None
 ) -> dict[str, Any]:
     """Move `champion` to `version` (default: the challenger) if it passed the gate and beats the champion."""
-    from tasks.tracking import alias_version
+    from tasks.registry.lineage import version_of
+    from tasks.registry.tracking import alias_version
 
     name, metric = params.register_.model_name, params.gate.primary_metric
     mv = (
-        client.get_model_version(name, version)
+        version_of(client, name, version, None)
         if version
         else alias_version(client, name, "challenger")
     )
@@ -96,10 +96,11 @@ def rollback(
     client, params: Params, version: str, repo: str | Path | None = None
 ) -> dict[str, Any]:
     """Point `champion` back at a named version that passed its gate."""
-    from tasks.tracking import alias_version
+    from tasks.registry.lineage import version_of
+    from tasks.registry.tracking import alias_version
 
     name = params.register_.model_name
-    mv = client.get_model_version(name, version)
+    mv = version_of(client, name, version, None)
     if dict(mv.tags).get("gate_passed") != "true":
         raise PromotionRefused(
             f"{name} v{version}: never passed the gate; refusing to roll back to it"
@@ -110,29 +111,23 @@ def rollback(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tasks.tracking import setup
-
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--params", default="params.yaml")
+    ap = cli.parser(__doc__)
     ap.add_argument("--repo", default=".")
     ap.add_argument("--version", help="version to promote (default: the challenger)")
     ap.add_argument("--rollback", metavar="VERSION", help="make this version the champion again")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    client = setup(params.register_.experiment, args.repo)
-    try:
-        res = (
-            rollback(client, params, args.rollback, args.repo)
-            if args.rollback
-            else promote(client, params, args.version, args.repo)
-        )
-    except PromotionRefused as exc:
-        print(f"promote: refused: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print(f"promote: {res['name']} champion -> v{res['champion']} ({res['reason']})")
+    cli.run("promote", ap, _promote, argv)
+
+
+def _promote(a, p) -> str:
+    from tasks.registry.tracking import setup
+
+    client = setup(p.register_.experiment, a.repo)
+    res = (
+        rollback(client, p, a.rollback, a.repo)
+        if a.rollback
+        else promote(client, p, a.version, a.repo)
+    )
+    return f"promote: {res['name']} champion -> v{res['champion']} ({res['reason']})"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ goes back to the default).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -22,19 +21,10 @@ from typing import Any
 
 import yaml
 
-from tasks.config import Params
-
-
-def leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train.lora_r": 8, ...}: every key that the recipe sets, as a dotted path."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out |= leaves(value, f"{path}.")
-        else:
-            out[path] = value
-    return out
+from tasks.core import cli
+from tasks.core.config import Params
+from tasks.core.digest import dotted
+from tasks.core.errors import BadInput
 
 
 def merged(params_path: str | Path, recipe_path: str | Path) -> dict[str, Any]:
@@ -42,21 +32,21 @@ def merged(params_path: str | Path, recipe_path: str | Path) -> dict[str, Any]:
     base = yaml.safe_load(Path(params_path).read_text()) or {}
     recipe = yaml.safe_load(Path(recipe_path).read_text()) or {}
     if not isinstance(recipe, dict):
-        raise ValueError(f"{recipe_path}: a recipe is a mapping of params.yaml keys")
-    for path, value in leaves(recipe).items():
+        raise BadInput(f"{recipe_path}: a recipe is a mapping of params.yaml keys")
+    for path, value in dotted(recipe).items():
         node = base
         *parents, last = path.split(".")
         for key in parents:
             if not isinstance(node.get(key), dict):
-                raise ValueError(f"{recipe_path}: {path}: params.yaml has no section {key!r}")
+                raise BadInput(f"{recipe_path}: {path}: params.yaml has no section {key!r}")
             node = node[key]
         if last not in node:
-            raise ValueError(f"{recipe_path}: {path}: params.yaml has no such key")
+            raise BadInput(f"{recipe_path}: {path}: params.yaml has no such key")
         node[last] = value
     try:
         Params.model_validate(base)
     except Exception as exc:
-        raise ValueError(f"{recipe_path}: the merged params are invalid:\n{exc}") from exc
+        raise BadInput(f"{recipe_path}: the merged params are invalid:\n{exc}") from exc
     return base
 
 
@@ -73,24 +63,24 @@ def command(recipe_path: str | Path, params_path: str | Path = "params.yaml") ->
     merged(params_path, recipe_path)  # validate before anything runs
     recipe = yaml.safe_load(Path(recipe_path).read_text()) or {}
     cmd = ["dvc", "exp", "run", "-n", Path(recipe_path).stem]
-    for path, value in leaves(recipe).items():
+    for path, value in dotted(recipe).items():
         cmd += ["-S", set_param(path, value)]
     return cmd
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = cli.parser(__doc__)
     ap.add_argument("recipe", help="configs/<name>.yaml")
-    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--print", action="store_true", help="print the dvc command, run nothing")
     ap.add_argument("extra", nargs="*", help="more `dvc exp run` arguments, after --")
-    args = ap.parse_args(argv)
-    cmd = command(args.recipe, args.params) + args.extra
-    print(shlex.join(cmd), flush=True)
-    if not args.print:
-        sys.exit(subprocess.run(cmd).returncode)
+
+    def body(a, p) -> None:
+        cmd = command(a.recipe, a.params) + a.extra
+        print(shlex.join(cmd), flush=True)
+        if not a.print:
+            sys.exit(subprocess.run(cmd).returncode)
+
+    cli.run("recipe", ap, body, argv)
 
 
 if __name__ == "__main__":

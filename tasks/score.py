@@ -21,14 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
+from tasks.core import cli
+from tasks.core.digest import tree_digest
+from tasks.core.errors import MissingInput
+from tasks.core.io import atomic_dir, write_json_atomic
 
 
 def input_files(folder: str | Path) -> list[Path]:
     """Every non-hidden file under folder, sorted by relative path."""
     root = Path(folder)
     if not root.is_dir():
-        raise NotADirectoryError(f"score: {root} is not a directory of receipt images")
+        raise MissingInput(f"{root}: not a folder of receipt images")
     return sorted(
         p
         for p in root.rglob("*")
@@ -37,11 +40,7 @@ def input_files(folder: str | Path) -> list[Path]:
 
 
 def input_digest(root: Path, files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root).as_posix()}\0".encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()
+    return tree_digest(root, files)
 
 
 def model_uri(name: str, version: str | None) -> str:
@@ -61,50 +60,16 @@ def run_score(
     """Score every file under `folder` with version `version` of `name` (default: the champion);
     write predictions.jsonl and score.json to out_dir; return the summary. `json_schema`
     (constrained decoding) defaults to what the version was registered with."""
-    import mlflow
-    import pandas as pd
-
-    from tasks.predict import BadImage, open_image, served_json_schema
-    from tasks.tracking import tracking_uri
+    from tasks.predict import served_json_schema
 
     started = time.perf_counter()
     root = Path(folder)
     files = input_files(root)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri(repo))
-    mv = (
-        client.get_model_version(name, version)
-        if version
-        else client.get_model_version_by_alias(name, "champion")
-    )
-    mlflow.set_tracking_uri(tracking_uri(repo))
-    model = mlflow.pyfunc.load_model(model_uri(name, mv.version))
-    json_schema = served_json_schema(model, json_schema, model_uri(name, mv.version))
+    mv, model = load_version(name, version, repo)
+    json_schema = served_json_schema(model, json_schema)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        good: list[tuple[int, bytes]] = []
-        for f in chunk:
-            rel = f.relative_to(root).as_posix()
-            data = f.read_bytes()
-            rows.append({"file": rel, "sha256": hashlib.sha256(data).hexdigest()})
-            try:
-                open_image(data, name=rel)  # the reason, named, instead of a failed batch
-            except BadImage as exc:
-                rows[-1].update(error=str(exc))
-            else:
-                good.append((len(rows) - 1, data))
-        if good:
-            answers = model.predict(
-                pd.DataFrame({"image": [d for _, d in good]}), params={"json_schema": json_schema}
-            )
-            for (i, _), a in zip(good, answers.to_dict("records"), strict=True):
-                rows[i].update(
-                    json=json.loads(a["json"]),
-                    valid_json=bool(a["valid_json"]),
-                    raw=a["raw"],
-                    warnings=json.loads(a["warnings"]),
-                    error=None,
-                )
+        rows += score_files(model, root, files[start : start + batch_size], json_schema)
         if progress is not None:
             progress(len(rows), len(files))
     summary = {
@@ -135,29 +100,72 @@ def run_score(
     return {**summary, "rows": rows}
 
 
-def main(argv: list[str] | None = None) -> None:
-    from tasks.config import load_params
+def load_version(name: str, version: str | None, repo: str | Path):
+    """(model version, loaded pyfunc) of `version` (default: the champion); MissingInput if the
+    registry has no such version."""
+    import mlflow
 
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(description="Score a folder of receipt images.")
+    from tasks.registry.lineage import version_of
+    from tasks.registry.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri(repo))
+    mv = version_of(mlflow.MlflowClient(), name, version, None)
+    return mv, mlflow.pyfunc.load_model(model_uri(name, mv.version))
+
+
+def score_files(model, root: Path, files: list[Path], json_schema: bool) -> list[dict[str, Any]]:
+    """One row per file: the pyfunc's answer, or the reason the file is no readable image."""
+    import pandas as pd
+
+    from tasks.inference.reader import BadImage, open_image
+
+    rows: list[dict[str, Any]] = []
+    good: list[tuple[int, bytes]] = []
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        data = f.read_bytes()
+        rows.append({"file": rel, "sha256": hashlib.sha256(data).hexdigest()})
+        try:
+            open_image(data, name=rel)  # the reason, named, instead of a failed batch
+        except BadImage as exc:
+            rows[-1].update(error=str(exc))
+        else:
+            good.append((len(rows) - 1, data))
+    if good:
+        frame = pd.DataFrame({"image": [d for _, d in good]})
+        answers = model.predict(frame, params={"json_schema": json_schema})
+        for (i, _), a in zip(good, answers.to_dict("records"), strict=True):
+            rows[i].update(
+                json=json.loads(a["json"]),
+                valid_json=bool(a["valid_json"]),
+                raw=a["raw"],
+                warnings=json.loads(a["warnings"]),
+                error=None,
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.parser("Score a folder of receipt images.", paths=("score",))
     ap.add_argument("--dir", required=True, help="folder of receipt images")
-    ap.add_argument("--out", default="reports/score")
     ap.add_argument("--version", default=None, help="a registered version (default: champion)")
     ap.add_argument("--repo", default=".", help="the project (its mlflow.db, unless env says)")
-    ap.add_argument("--params", default="params.yaml")
     ap.add_argument(
         "--json-schema",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="hold answers to CORD's JSON schema (default: as the version was registered)",
     )
-    args = ap.parse_args(argv)
-    name = load_params(Path(args.repo) / args.params).register_.model_name
-    s = run_score(args.dir, args.out, name, args.version, args.repo, json_schema=args.json_schema)
-    print(
-        f"score: {s['scored']} read, {s['errors']} not readable, of {s['input']['files']} files "
-        f"with {s['model']['uri']} -> {args.out}/predictions.jsonl"
-    )
+
+    def body(a, p) -> str:
+        name = p.register_.model_name
+        s = run_score(a.dir, a.score, name, a.version, a.repo, json_schema=a.json_schema)
+        return (
+            f"score: {s['scored']} read, {s['errors']} not readable, of {s['input']['files']} "
+            f"files with {s['model']['uri']} -> {a.score}/predictions.jsonl"
+        )
+
+    cli.run("score", ap, body, argv)
 
 
 if __name__ == "__main__":

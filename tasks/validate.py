@@ -7,23 +7,23 @@ a message naming the records, so `dvc repro` stops before training.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tasks.config import ValidateParams, load_params
-from tasks.dataset import SPLITS, load_dataset_dir
-from tasks.io import atomic_dir, quiet_telemetry, write_json_atomic
-from tasks.receipt_json import price_violations, schema_violations, type_violations
+from tasks.core import cli
+from tasks.core.config import ValidateParams
+from tasks.core.errors import Refused
+from tasks.core.io import atomic_dir, write_json_atomic
+from tasks.data.dataset import SPLITS, load_dataset_dir
+from tasks.data.receipt_json import price_violations, schema_violations, type_violations
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(Refused):
     pass
 
 
@@ -285,23 +285,16 @@ def run_validate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet_telemetry()
-    ap = argparse.ArgumentParser(
-        description="Validate the processed dataset with Great Expectations."
+    ap = cli.parser(
+        "Validate the processed dataset with Great Expectations.",
+        paths=("dataset", "validation", "data_docs"),
     )
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default="artifacts/dataset")
-    ap.add_argument("--report", default="reports/validation.json")
-    ap.add_argument("--docs", default="reports/data_docs")
-    args = ap.parse_args(argv)
-    try:
-        report = run_validate(
-            load_params(args.params).validate_, args.dataset, args.report, args.docs
-        )
-    except ValidationFailed as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(1)
-    print(f"validate: {report['records']} records pass ({report['splits']}) -> {args.report}")
+
+    def body(a, p) -> str:
+        report = run_validate(p.validate_, a.dataset, a.validation, a.data_docs)
+        return f"validate: {report['records']} records pass ({report['splits']}) -> {a.validation}"
+
+    cli.run("validate", ap, body, argv)
 
 
 if __name__ == "__main__":

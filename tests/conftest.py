@@ -1,6 +1,6 @@
 """Shared fixtures: real configs shrunk for 2 cores, outputs under tmp paths.
 
-Tests build the production config through `tasks.config.Params` and then shrink it
+Tests build the production config through `tasks.core.config.Params` and then shrink it
 (tiny data, tiny model, few steps), in the lightning-hydra-template manner.
 """
 
@@ -27,7 +27,7 @@ if WORKERS > 1:
 
 import pytest  # noqa: E402
 
-from tasks.io import quiet_telemetry  # noqa: E402
+from tasks.core.io import quiet_telemetry  # noqa: E402
 
 quiet_telemetry()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -95,7 +95,7 @@ def needs(path: Path):
 
 def small_params(**sections):
     """The real params.yaml, shrunk: 12/4/4 synthetic receipts, a tiny-tiny model, a few steps."""
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     p = load_params(REPO / "params.yaml")
     # Synthetic receipts without OCR grounding: seconds per stage. The default's CORD renders
@@ -131,21 +131,39 @@ def small_params(**sections):
             "eval_pages": 2,
         }
     )
-    p.train = p.train.model_copy(
-        update={"max_steps": 6, "batch_size": 4, "save_steps": 3, "logging_steps": 1}
+    p.train.args = p.train.args.model_copy(
+        update={
+            "max_steps": 6,
+            "per_device_train_batch_size": 4,
+            "save_steps": 3,
+            "logging_steps": 1,
+        }
     )
     p.evaluate = p.evaluate.model_copy(update={"max_new_tokens": 24, "batch_size": 4})
     # A few steps teach a tiny model little: gate on what it can reach, judge the gate separately.
     p.gate = p.gate.model_copy(update={"min_json_valid_rate": 0.0, "max_regression": 1.0})
-    for name, update in sections.items():
-        attr = {"validate": "validate_", "register": "register_"}.get(name, name)
-        setattr(p, attr, getattr(p, attr).model_copy(update=update))
-    return p
+    return updated(p, **sections)
+
+
+def updated(params, **sections):
+    """`params` with `sections` merged in, nested keys and all (train={"args": {"seed": 1}}),
+    validated again: a misspelt key fails here, not silently."""
+    from tasks.core.config import Params
+
+    def merge(into: dict, new: dict) -> dict:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    return Params.model_validate(merge(params.model_dump(by_alias=True), sections))
 
 
 def small_reader(params) -> Path:
     """models/tiny-reader for `params` (small_params: a few seconds), built once per session."""
-    from tasks.pretrain import run_pretrain
+    from tasks.reader.pretrain import run_pretrain
 
     out = READERS / params.pretrain.digest()
     if not (out / "pretrain.json").is_file():
@@ -220,8 +238,8 @@ def params():
 @pytest.fixture(scope="session")
 def dataset_dir(tmp_path_factory, params):
     """A processed synthetic dataset (raw snapshot -> ingest)."""
-    from tasks.data import run_data
     from tasks.ingest import run_ingest
+    from tasks.refresh_data import run_data
 
     root = tmp_path_factory.mktemp("ds")
     run_data(params.data, root / "data")
@@ -231,7 +249,7 @@ def dataset_dir(tmp_path_factory, params):
 
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, params, dataset_dir):
-    from tasks.base import run_build_base
+    from tasks.build_base import run_build_base
 
     out = tmp_path_factory.mktemp("base") / "base"
     run_build_base(params, dataset_dir, out, small_reader(params))

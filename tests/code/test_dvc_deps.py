@@ -25,7 +25,7 @@ PROJECT_PACKAGES = ("tasks", "flows")
 def _module_file(name: str) -> Path | None:
     try:
         spec = importlib.util.find_spec(name)
-    except (ModuleNotFoundError, ValueError):  # `from tasks.config import load_params`
+    except (ModuleNotFoundError, ValueError):  # `from tasks.core.config import load_params`
         return None
     if spec is None or spec.origin is None:
         return None
@@ -43,7 +43,9 @@ def _imported_names(tree: ast.Module, package: str) -> set[str]:
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{parent}.{base}" if base else parent
             names.add(base)
-            names |= {f"{base}.{a.name}" for a in node.names}  # `from tasks import lineage`
+            names |= {
+                f"{base}.{a.name}" for a in node.names
+            }  # `from tasks.registry import lineage`
     return names
 
 
@@ -88,16 +90,20 @@ def covered(path: str, deps: list[str]) -> bool:
 
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-# Code a stage runs without importing it: register logs the pyfunc in tasks/serving.py,
+# Code a stage runs without importing it: register logs the pyfunc in tasks/inference/serving.py,
 # and what that pyfunc imports decides what the registered model does.
-ALSO_RUNS = {"register": ["tasks.serving"]}
+ALSO_RUNS = {"register": ["tasks.inference.serving"]}
 
 
 def test_closure_follows_lazy_and_package_imports():
-    closure = project_closure("tasks.data")
-    # tasks.data imports its sources inside a function, and tasks.sources runs code on import
-    assert {"tasks/data.py", "tasks/sources/synthetic.py", "tasks/sources/__init__.py"} <= closure
-    assert "tasks/sources/render.py" in closure  # two levels down
+    closure = project_closure("tasks.refresh_data")
+    # tasks.refresh_data imports its sources inside a function, and tasks.data.sources runs code on import
+    assert {
+        "tasks/refresh_data.py",
+        "tasks/data/sources/synthetic.py",
+        "tasks/data/sources/__init__.py",
+    } <= closure
+    assert "tasks/data/sources/render.py" in closure  # two levels down
     assert "tasks/__init__.py" not in closure  # a docstring only
 
 

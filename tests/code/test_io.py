@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tasks.io import atomic_dir, write_json_atomic, write_text_atomic
+from tasks.core.io import atomic_dir, write_json_atomic, write_text_atomic
 
 
 @pytest.fixture

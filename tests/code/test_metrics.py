@@ -2,7 +2,7 @@ from typing import Any
 
 import pytest
 
-from tasks.metrics import (
+from tasks.evaluation.metrics import (
     f1,
     field_counts,
     flatten,
@@ -95,7 +95,7 @@ def test_field_f1_counts_multiset_matches():
 
 
 def test_score_on_truncated_empty_and_perfect_outputs():
-    from tasks.receipt_json import to_target
+    from tasks.data.receipt_json import to_target
 
     perfect = to_target(GT)
     truncated = perfect[:30]  # '{"menu":[{"nm":"ICE","price":"' : invalid JSON, partly scorable

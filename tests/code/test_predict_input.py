@@ -4,8 +4,9 @@ traceback; input far from a receipt gets a warning beside its answer."""
 import pytest
 from PIL import Image, ImageDraw
 
-import tasks.io
-from tasks.predict import BLANK_STDDEV, BadImage, main, open_image, receipt_warnings
+import tasks.core.io
+from tasks.inference.reader import BLANK_STDDEV, BadImage, open_image, receipt_warnings
+from tasks.predict import main
 
 
 def run(argv, capsys) -> str:
@@ -47,7 +48,7 @@ def test_a_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make, said):
 
 
 def test_a_decompression_bomb_is_refused_at_the_documented_limit(tmp_path, capsys):
-    assert Image.MAX_IMAGE_PIXELS == tasks.io.MAX_IMAGE_PIXELS == 100_000_000
+    assert Image.MAX_IMAGE_PIXELS == tasks.core.io.MAX_IMAGE_PIXELS == 100_000_000
     bomb = tmp_path / "bomb.png"
     Image.new("1", (12_000, 12_000)).save(bomb)  # 144 MP in a few kB
     assert bomb.stat().st_size < 100_000

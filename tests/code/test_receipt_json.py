@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.receipt_json import (
+from tasks.data.receipt_json import (
     derive_gt_parse,
     is_valid_json,
     parse_price,

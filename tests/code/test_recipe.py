@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from tasks.config import Params
+from tasks.core.config import Params
 from tasks.recipe import command, merged
 from tests.conftest import REPO, git_env
 

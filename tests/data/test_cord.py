@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.sources import cord
-from tasks.sources.photo import render_photo
+from tasks.data.sources import cord
+from tasks.data.sources.photo import render_photo
 from tests.conftest import CORD_JSON, REPO, needs, small_params
 
 SHIPPED = REPO / cord.SHIPPED

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tasks.data import run_data
 from tasks.ingest import run_ingest
-from tasks.modeling import load_processor
-from tasks.train import ReceiptCollator
+from tasks.model.collator import ReceiptCollator
+from tasks.model.modeling import load_processor
+from tasks.refresh_data import run_data
 from tasks.validate import record_table
 from tests.conftest import small_params
 

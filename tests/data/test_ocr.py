@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks import ocr
-from tasks.ocr import OcrCache, Word, instruction, layout_lines
-from tasks.receipt_json import derive_gt_parse
-from tasks.sources import cord
-from tasks.sources.photo import render_photo
+from tasks.data.receipt_json import derive_gt_parse
+from tasks.data.sources import cord
+from tasks.data.sources.photo import render_photo
+from tasks.inference import ocr
+from tasks.inference.ocr import OcrCache, Word, layout_lines
+from tasks.model.modeling import instruction
 from tests.conftest import REPO
 
 

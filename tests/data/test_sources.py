@@ -4,13 +4,14 @@ import re
 import pytest
 from PIL import Image
 
-from tasks.data import load_source, run_data
-from tasks.dataset import load_dataset_dir
+from tasks.core.errors import MissingInput
+from tasks.data.dataset import load_dataset_dir
+from tasks.data.receipt_json import parse_target
+from tasks.data.sources import parse_source
+from tasks.data.sources.render import CELL
+from tasks.data.sources.synthetic import generate
 from tasks.ingest import run_ingest
-from tasks.receipt_json import parse_target
-from tasks.sources import parse_source
-from tasks.sources.render import CELL
-from tasks.sources.synthetic import generate
+from tasks.refresh_data import load_source, run_data
 from tests.conftest import CORD_JSON, CORD_SAMPLE, REPO, SAMPLE_GT_PARSE, needs, small_params
 
 
@@ -53,7 +54,7 @@ def test_unknown_or_incomplete_source_is_a_clear_error():
 
 def test_hf_source_offline_names_the_alternatives(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="Offline sources: 'synthetic', 'imagefolder:<dir>'"):
+    with pytest.raises(MissingInput, match="Offline sources: 'synthetic', 'imagefolder:<dir>'"):
         load_source("hf:naver-clova-ix/cord-v2", small_params().data)
 
 
@@ -87,7 +88,7 @@ def test_snapshot_is_written_atomically(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("tasks.data.write_snapshot", boom)
+    monkeypatch.setattr("tasks.refresh_data.write_snapshot", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_data(p.data, tmp_path / "data")
     assert (tmp_path / "data" / "metadata.jsonl").read_text() == before
@@ -110,14 +111,14 @@ def test_real_photo_goes_through_ingest(tmp_path):
 @needs(CORD_JSON)
 @pytest.mark.real_data
 def test_cord_json_renders_and_carves_a_test_split(tmp_path):
-    from tasks.sources import cord_json
+    from tasks.data.sources import cord_json
 
     records = cord_json.load(CORD_JSON, max_side=400)
     assert len(records) == 900
     assert {r.split for r in records} == {"train", "validation"}
     p = small_params()
     # a small slice through the whole source -> ingest path
-    from tasks.sources import write_snapshot
+    from tasks.data.sources import write_snapshot
 
     write_snapshot(records[:30] + records[-5:], tmp_path / "data", "cord-json")
     counts = run_ingest(
@@ -142,9 +143,9 @@ def test_hf_source_reads_a_local_replica_of_the_cord_v2_hub_repo(tmp_path, monke
     real sample photo; then ingest and Great Expectations validation run on it."""
     import datasets
 
-    from tasks.config import load_params
-    from tasks.receipt_json import price_violations, type_violations
-    from tasks.replica import build_cord_v2_replica
+    from devtools.replica import build_cord_v2_replica
+    from tasks.core.config import load_params
+    from tasks.data.receipt_json import price_violations, type_violations
     from tasks.validate import ValidationFailed, run_validate
 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))

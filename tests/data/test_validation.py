@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from tasks.data.sources import RawRecord, write_snapshot
+from tasks.data.sources.synthetic import generate
 from tasks.ingest import run_ingest
-from tasks.sources import RawRecord, write_snapshot
-from tasks.sources.synthetic import generate
 from tasks.validate import ValidationFailed, run_validate
 from tests.conftest import small_params
 
@@ -205,7 +205,7 @@ def test_the_same_annotation_in_two_splits_is_named_though_its_renderings_differ
 ):
     """Rendered sources draw each receipt on paper seeded by its id: image hashes differ, the
     annotation (words and boxes) does not."""
-    from tasks.sources.photo import render_photo
+    from tasks.data.sources.photo import render_photo
 
     twin = annotation("12,000")
     extra = [

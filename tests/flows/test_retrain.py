@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import make_project, small_params, trainer_pids, write_params
+from tests.conftest import make_project, small_params, trainer_pids, updated, write_params
 
 pytestmark = pytest.mark.slow
 NAME = "receipt-llava"
@@ -32,7 +32,10 @@ def prefect_server():
 # here) teach it CORD's JSON: valid JSON for every answer and ted ~0.2 on its 4 validation
 # receipts (it answers with a training receipt), where 150 steps left ted at 0.03-0.1 and no
 # answer closed. 300 new one-character tokens hold the longest target (~270 characters).
-FLOW_TRAIN = {"max_steps": 400, "save_steps": 1000, "modules_to_save": ["embed_tokens", "lm_head"]}
+FLOW_TRAIN = {
+    "args": {"max_steps": 400, "save_steps": 1000},
+    "modules_to_save": ["embed_tokens", "lm_head"],
+}
 
 
 def project_params(**over):
@@ -41,9 +44,7 @@ def project_params(**over):
         evaluate={"max_new_tokens": 300},
         gate={"min_ted_accuracy": 0.05, "max_regression": 1.0},
     )
-    for section, update in over.items():
-        setattr(p, section, getattr(p, section).model_copy(update=update))
-    return p
+    return updated(p, **over)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def versions(client):
 
 def test_first_run_registers_with_lineage_and_promotes(project, client):
     from flows.retrain import retrain
-    from tasks import lineage
+    from tasks.registry import lineage
 
     out = retrain(repo=str(project))
     assert out["registered_now"] and out["registration"]["version"] == "1"
@@ -97,8 +98,9 @@ def test_unchanged_inputs_register_nothing_new(project, client):
     # register finds v1's model digest and re-tags v1 instead of making a new version.
     out = retrain(repo=str(project))
     assert out["stages"]["champion"] == "ran" and out["stages"]["gate"] == "ran"
+    # DVC alone decides: every stage goes to `dvc repro`, which finds these up to date
     assert {out["stages"][s] for s in ("ingest", "validate", "base", "train", "evaluate")} == {
-        "fresh"
+        "skipped"
     }
     assert out["registration"]["reused"] and not out["registered_now"]
     assert versions(client) == [1]
@@ -123,10 +125,10 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     from prefect.artifacts import Artifact
 
     from flows.score import score
-    from tasks.config import load_params
-    from tasks.dataset import load_dataset_dir
-    from tasks.generation import Settings
-    from tasks.predict import ReceiptReader
+    from tasks.core.config import load_params
+    from tasks.data.dataset import load_dataset_dir
+    from tasks.inference.generation import Settings
+    from tasks.inference.reader import ReceiptReader
     from tasks.score import input_digest, input_files
 
     images = load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"][:4]
@@ -194,14 +196,14 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
 
 def test_new_data_gets_its_own_version_and_each_version_restores_its_data(project, client):
     from flows.retrain import retrain
-    from tasks import lineage
+    from tasks.registry import lineage
 
     write_params(
         project,
         project_params(
-            data={"synthetic": project_params().data.synthetic.model_copy(update={"seed": 1})},
+            data={"synthetic": {"seed": 1}},
             # a data version, not a better model: fewer steps, no quality floor in the gate
-            train={"max_steps": 150},
+            train={"args": {"max_steps": 150}},
             gate={"min_ted_accuracy": 0.0},
         ),
     )
@@ -218,9 +220,9 @@ def test_new_data_gets_its_own_version_and_each_version_restores_its_data(projec
 
 def test_injected_worse_model_is_stopped_by_the_gate_and_nothing_is_promoted(project, client):
     from flows.retrain import StageFailed, retrain
-    from tasks import lineage
-    from tasks.config import load_params
+    from tasks.core.config import load_params
     from tasks.promote import PromotionRefused, promote, rollback
+    from tasks.registry import lineage
 
     champion = client.get_model_version_by_alias(NAME, "champion").version
     # The champion's own data version (the test before left v2's on disk): the gate compares on
@@ -232,7 +234,7 @@ def test_injected_worse_model_is_stopped_by_the_gate_and_nothing_is_promoted(pro
     write_params(
         project,
         project_params(
-            train={**FLOW_TRAIN, "max_steps": 20, "learning_rate": 1e-12},
+            train={"args": {"max_steps": 20, "learning_rate": 1e-12}},
             gate={"min_ted_accuracy": 0.0, "max_regression": 0.01},
         ),
     )
@@ -266,7 +268,9 @@ def test_a_train_stage_killed_mid_run_is_retried_and_resumes_from_its_checkpoint
     # Resuming is plumbing: 100 steps (not the module's 400), and no quality floor in the gate.
     write_params(
         project,
-        project_params(train={"save_steps": 20, "max_steps": 100}, gate={"min_ted_accuracy": 0.0}),
+        project_params(
+            train={"args": {"save_steps": 20, "max_steps": 100}}, gate={"min_ted_accuracy": 0.0}
+        ),
     )
     ckpt = project / "artifacts" / "checkpoints" / "checkpoint-20"
     killed: list[str] = []

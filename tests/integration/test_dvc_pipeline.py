@@ -39,7 +39,7 @@ def registry(project):
 
 
 def test_make_data_then_full_repro_registers_then_noop(project):
-    sh(sys.executable, "-m", "tasks.data", cwd=project)
+    sh(sys.executable, "-m", "tasks.refresh_data", cwd=project)
     md5 = yaml.safe_load((project / "data.dvc").read_text())["outs"][0]["md5"]
     out = sh("dvc", "repro", cwd=project)
     for stage in STAGES:
@@ -102,11 +102,11 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
     from PIL import Image
 
     from devtools.servers import model_server
-    from tasks.config import load_params
-    from tasks.dataset import load_dataset_dir
-    from tasks.generation import Settings
-    from tasks.predict import ReceiptReader
-    from tasks.receipt_json import schema_violations
+    from tasks.core.config import load_params
+    from tasks.data.dataset import load_dataset_dir
+    from tasks.data.receipt_json import schema_violations
+    from tasks.inference.generation import Settings
+    from tasks.inference.reader import ReceiptReader
 
     images = load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"]
     settings = Settings.from_params(load_params(project / "params.yaml"))
@@ -143,7 +143,7 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
         assert all(not schema_violations(json.loads(r["raw"])) for r in held.json()["predictions"])
 
         good = _png(images[0])
-        huge = tmp_path / "huge.png"  # 110 MP, over tasks.io.MAX_IMAGE_PIXELS (100 MP)
+        huge = tmp_path / "huge.png"  # 110 MP, over tasks.core.io.MAX_IMAGE_PIXELS (100 MP)
         Image.new("1", (11_000, 10_000), 1).save(huge)
         huge_b64 = __import__("base64").b64encode(huge.read_bytes()).decode()
         bad: dict[str, tuple[str | dict, str]] = {

@@ -1,4 +1,4 @@
-"""The train stage between two clones that share no working tree (tasks/handover.py): a bare
+"""The train stage between two clones that share no working tree (tasks/remote/handover.py): a bare
 git origin, a pipeline clone and a GPU host's clone, one DVC remote. No Prefect here (the
 deployments test runs the same through a Prefect server and two workers)."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import handover
-from tasks.checkpoints import EVERY_ENV
+from tasks.remote import handover
+from tasks.remote.checkpoints import PUSH_ENV
 from tests.conftest import git_env, make_project, small_params
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def hosts(tmp_path_factory):
     sh(root, "git", "clone", "-q", "--bare", str(project), str(root / "origin.git"))
     sh(root, "git", "clone", "-q", str(root / "origin.git"), str(root / "cpu"))
     cpu = root / "cpu"
-    sh(cpu, "python", "-m", "tasks.data")
+    sh(cpu, "python", "-m", "tasks.refresh_data")
     sh(cpu, "dvc", "repro", "validate", "base")
     return {"root": root, "cpu": cpu, "gpu": root / "gpu", "remote": project / "dvc-remote"}
 
@@ -46,7 +46,7 @@ def trained(hosts):
     req = handover.request(cpu)
     wd = handover.checkout(gpu, req["url"], req["commit"])
     handover.receive(wd, req)
-    sh(wd, "dvc", "repro", "--single-item", "train", env={EVERY_ENV: "3"})
+    sh(wd, "dvc", "repro", "--single-item", "train", env={PUSH_ENV: "1"})
     back = handover.handback(wd)
     return {"req": req, "back": back, "lock_before": before}
 

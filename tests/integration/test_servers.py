@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 NAME = "receipt-llava"
 # Long enough to kill mid-run: a checkpoint pushed every 5 of 40 steps.
 PARAMS = small_params(
-    train={"max_steps": 40, "save_steps": 5, "save_total_limit": 1},
+    train={"args": {"max_steps": 40, "save_steps": 5, "save_total_limit": 1}},
     remote={"checkpoint_every": 5},
 )
 
@@ -214,7 +214,7 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
     import mlflow
     from mlflow import MlflowClient
 
-    from tasks import lineage
+    from tasks.registry import lineage
 
     cpu, gpu = hosts["cpu"], hosts["gpu"]
     client = MlflowClient(tracking_uri=services["env"]["MLFLOW_TRACKING_URI"])

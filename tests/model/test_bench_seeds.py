@@ -16,10 +16,12 @@ def test_seed_rows_reproduce_the_pipeline_run_and_replace_their_own_seed(
     (project / "artifacts" / "base").symlink_to(base_dir)
     out = tmp_path / "seeds.json"
 
-    main(["--project", str(project), "--seeds", str(params.train.seed), "7", "--out", str(out)])
+    main(
+        ["--project", str(project), "--seeds", str(params.train.args.seed), "7", "--out", str(out)]
+    )
     runs = json.loads(out.read_text())["runs"]
-    assert [r["seed"] for r in runs] == sorted([params.train.seed, 7])
-    same = next(r for r in runs if r["seed"] == params.train.seed)
+    assert [r["seed"] for r in runs] == sorted([params.train.args.seed, 7])
+    same = next(r for r in runs if r["seed"] == params.train.args.seed)
     # the pipeline's own run at this seed (the `trained` fixture) trained the same model
     assert same["final_loss"] == trained["summary"]["final_loss"]
     assert same["steps"] == trained["summary"]["steps"]

@@ -1,4 +1,4 @@
-"""Schema-guaranteed JSON (tasks.constrained): CORD's schema as a JSON Schema, and generation
+"""Schema-guaranteed JSON (tasks.inference.constrained): CORD's schema as a JSON Schema, and generation
 held to it, which closes every answer within the token budget, even the untrained base's."""
 
 import json
@@ -6,11 +6,11 @@ import json
 import jsonschema
 import pytest
 
-from tasks.constrained import RESERVE, cord_json_schema, in_string
-from tasks.dataset import load_dataset_dir
+from tasks.data.dataset import load_dataset_dir
+from tasks.data.receipt_json import derive_gt_parse, is_valid_json, schema_violations
 from tasks.evaluate import load_for_inference, run_evaluate
-from tasks.generation import Settings, generate
-from tasks.receipt_json import derive_gt_parse, is_valid_json, schema_violations
+from tasks.inference.constrained import RESERVE, cord_json_schema, in_string
+from tasks.inference.generation import Settings, generate
 from tests.conftest import CORD_JSON, needs
 
 
@@ -75,36 +75,26 @@ def test_a_rambling_base_held_to_the_schema_closes_within_a_longer_budget(
     params, dataset_dir, base_dir, trained
 ):
     """With 160 tokens the untrained base writes what it likes inside the schema for 128 of
-    them, then closes; Settings from a config logged before the option are unconstrained."""
+    them, then closes; Settings read back from a logged config keep the option."""
     images = load_dataset_dir(dataset_dir)["test"]["image"]
     model, processor = load_for_inference(params, base_dir, trained["adapter"])
     with model.disable_adapter():
         answers = generate(model, processor, images, params.ingest.prompt, 160, 4, True)
     assert all(is_valid_json(a) and not schema_violations(json.loads(a)) for a in answers)
-    assert Settings.from_config({"prompt": "p", "max_new_tokens": 8}).json_schema is False
+    logged = Settings.from_params(params).but(json_schema=True).as_config()
+    assert Settings.from_config(logged | {"base": "extra keys are ignored"}).json_schema is True
 
 
-def test_a_version_without_the_param_is_refused_constrained_answers():
-    """A version registered before the option has no `json_schema` param: asking it for
-    constrained answers fails naming it instead of being silently ignored."""
+def test_a_version_answers_with_its_registered_json_schema_default_unless_asked():
+    """The registered signature's `json_schema` default decides, and a request overrides it."""
     from types import SimpleNamespace
 
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.models import Model
 
-    from tasks.predict import BadModel, served_json_schema
+    from tasks.predict import served_json_schema
     from tasks.register import _signature
 
-    inputs = Schema([ColSpec("binary", "image")])
-    old = SimpleNamespace(metadata=Model(signature=ModelSignature(inputs=inputs)))
-    assert served_json_schema(old, None, "models:/r/1") is False
-    assert served_json_schema(old, False, "models:/r/1") is False
-    with pytest.raises(BadModel, match="models:/r/1: registered before constrained decoding"):
-        served_json_schema(old, True, "models:/r/1")
     for default in (False, True):
-        new = SimpleNamespace(metadata=Model(signature=_signature(default)))
-        assert served_json_schema(new, None, "models:/r/2") is default
-        assert served_json_schema(new, not default, "models:/r/2") is (not default)
-    unused = ParamSchema([ParamSpec("other", "boolean", False)])
-    other = SimpleNamespace(metadata=Model(signature=ModelSignature(inputs=inputs, params=unused)))
-    assert served_json_schema(other, None, "models:/r/3") is False
+        version = SimpleNamespace(metadata=Model(signature=_signature(default)))
+        assert served_json_schema(version, None) is default
+        assert served_json_schema(version, not default) is (not default)

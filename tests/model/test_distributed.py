@@ -10,17 +10,10 @@ from tasks.train import num_processes
 from tests.conftest import git_env, small_params, write_params
 
 
-def test_process_count_comes_from_env_then_params(monkeypatch):
+def test_process_count_comes_from_params():
     auto = small_params().train.model_copy(update={"num_processes": "auto"})
-    three = auto.model_copy(update={"num_processes": 3})
-    monkeypatch.delenv("RECEIPT_NUM_PROCESSES", raising=False)
-    assert num_processes(three) == 3
+    assert num_processes(auto.model_copy(update={"num_processes": 3})) == 3
     assert num_processes(auto) == 1  # "auto" on a machine without GPUs
-    monkeypatch.setenv("RECEIPT_NUM_PROCESSES", "2")
-    assert num_processes(three) == 2
-    monkeypatch.setenv("RECEIPT_NUM_PROCESSES", "two")
-    with pytest.raises(ValueError, match="RECEIPT_NUM_PROCESSES.*'two'"):
-        num_processes(auto)
 
 
 @pytest.mark.slow
@@ -30,7 +23,10 @@ def test_two_process_ddp_training_shards_the_data(params, dataset_dir, base_dir,
     from safetensors.torch import load_file
 
     p = params.model_copy(deep=True)
-    p.train = p.train.model_copy(update={"max_steps": 4, "save_steps": 2, "batch_size": 4})
+    args = p.train.args.model_copy(
+        update={"max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 4}
+    )
+    p.train = p.train.model_copy(update={"num_processes": 2, "args": args})
     write_params(tmp_path, p)
     out = tmp_path / "out"
     done = subprocess.run(
@@ -38,7 +34,7 @@ def test_two_process_ddp_training_shards_the_data(params, dataset_dir, base_dir,
         + ["--dataset", str(dataset_dir), "--base", str(base_dir)]
         + ["--adapter", str(out / "adapter"), "--checkpoints", str(out / "ckpt")]
         + ["--summary", str(out / "train.json"), "--loss-csv", str(out / "loss.csv")],
-        env=git_env() | {"RECEIPT_NUM_PROCESSES": "2"},
+        env=git_env(),
         capture_output=True,
         text=True,
         timeout=600,

@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from tasks.dataset import load_dataset_dir
+from tasks.data.dataset import load_dataset_dir
 from tasks.evaluate import load_for_inference, run_evaluate
-from tasks.generation import Settings, generate
+from tasks.inference.generation import Settings, generate
+from tasks.inference.reader import BadImage, ReceiptReader, open_image
 from tasks.merge import run_merge
-from tasks.predict import BadImage, ReceiptReader, open_image
 from tests.conftest import CORD_SAMPLE, REPO, needs
 
 
@@ -63,7 +63,7 @@ def test_merged_model_reads_exactly_like_the_adapter_model(
 def test_the_served_pyfunc_answers_exactly_as_evaluate_did(
     params, dataset_dir, base_dir, trained, merged_dir, tmp_path
 ):
-    """One scoring path: the pyfunc logged from tasks/serving.py, with the model_config that
+    """One scoring path: the pyfunc logged from tasks/inference/serving.py, with the model_config that
     register logs, gives run_evaluate's predictions for the same model and images."""
     import io
 
@@ -77,7 +77,7 @@ def test_the_served_pyfunc_answers_exactly_as_evaluate_did(
     evaluated = [json.loads(line)["prediction"] for line in lines]
     mlflow.pyfunc.save_model(
         tmp_path / "pyfunc",
-        python_model=str(REPO / "tasks" / "serving.py"),
+        python_model=str(REPO / "tasks" / "inference" / "serving.py"),
         artifacts={"model": str(merged_dir)},
         model_config=Settings.from_params(params).as_config(),
         code_paths=[str(REPO / "tasks")],
@@ -139,7 +139,7 @@ def test_the_review_page_shows_every_receipt_worst_first_in_a_real_browser(
     import re
     import shutil
 
-    from tasks.metrics import ted_accuracy
+    from tasks.evaluation.metrics import ted_accuracy
 
     review = tmp_path / "review.html"
     metrics = run_evaluate(

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from tasks.modeling import (
+from devtools.replica import build_next_standin, build_replica
+from tasks.model.modeling import (
     IMAGE_TOKEN,
     fit_images,
     image_token_count,
@@ -24,7 +25,6 @@ from tasks.modeling import (
     load_processor,
     prompt_text,
 )
-from tasks.replica import build_next_standin, build_replica
 from tests.conftest import SHARED, git_env, make_project, needs, small_params
 
 HUB_LLAVA = SHARED / "hub-configs" / "llava-1.5-7b-hf"
@@ -96,8 +96,8 @@ def test_image_fit_survives_the_processor_saved_beside_the_adapter(replica, tmp_
 def test_llava_next_tiles_receipts_by_size_and_trains_on_a_mixed_batch(next_standin):
     """anyres: the image-token count follows the receipt's size; records with different tile
     counts share a batch (zero-padded tiles, image_sizes), and the 4-bit model trains on it."""
-    from tasks.modeling import varies_with_image
-    from tasks.train import ReceiptCollator, max_length_for
+    from tasks.model.collator import ReceiptCollator, max_length_for
+    from tasks.model.modeling import varies_with_image
 
     processor = load_processor(str(next_standin))
     assert varies_with_image(processor)
@@ -127,26 +127,24 @@ def test_the_whole_pipeline_runs_on_the_replica(which, request, tmp_path_factory
     """dvc repro with `model.base: <replica dir>`: 4-bit NF4 + LoRA on the language model only,
     evaluate, gate, merge, register (adapter + pinned base), then the pyfunc reads a receipt."""
     replica = request.getfixturevalue("replica" if which == "llava-1.5" else "next_standin")
-    from tasks.dataset import load_dataset_dir
+    from tasks.data.dataset import load_dataset_dir
     from tasks.evaluate import load_for_inference
-    from tasks.generation import Settings, generate
-    from tasks.predict import ReceiptReader
-    from tasks.train import ReceiptCollator, max_length_for
+    from tasks.inference.generation import Settings, generate
+    from tasks.inference.reader import ReceiptReader
+    from tasks.model.collator import ReceiptCollator, max_length_for
 
     p = small_params(
         model={"base": str(replica)},
         train={
             "modules_to_save": [],
             "lora_target_modules": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)",
-            "max_steps": 2,
-            "batch_size": 2,
-            "save_steps": 100,
+            "args": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 100},
         },
         evaluate={"max_new_tokens": 8, "batch_size": 2},
     )
     project = make_project(tmp_path_factory.mktemp("replica-project"), p)
     env = git_env()
-    subprocess.run([sys.executable, "-m", "tasks.data"], cwd=project, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "tasks.refresh_data"], cwd=project, env=env, check=True)
     done = subprocess.run(
         ["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True, check=False
     )

@@ -1,5 +1,5 @@
 """OCR grounding end to end: ingest stores each record's OCR once; the same text reaches the
-prompt through `tasks.ocr.instruction` when training, evaluating, predicting and serving; a
+prompt through `tasks.inference.ocr.instruction` when training, evaluating, predicting and serving; a
 receipt on which OCR finds nothing is still answered, with a warning."""
 
 import html
@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.generation import Settings, answers
-from tasks.ocr import instruction
-from tasks.predict import ReceiptReader
-from tasks.serving import ReceiptModel
-from tasks.train import ReceiptCollator
+from tasks.inference.generation import Settings, answers
+from tasks.inference.reader import ReceiptReader
+from tasks.inference.serving import ReceiptModel
+from tasks.model.collator import ReceiptCollator
+from tasks.model.modeling import instruction
 from tests.conftest import small_params, small_reader
 
 
@@ -37,9 +37,9 @@ class SpyProcessor:
 @pytest.fixture(scope="module")
 def grounded(tmp_path_factory):
     """Synthetic receipts ingested with OCR grounding, and the small pretrained base."""
-    from tasks.data import run_data
-    from tasks.dataset import load_dataset_dir
+    from tasks.data.dataset import load_dataset_dir
     from tasks.ingest import run_ingest
+    from tasks.refresh_data import run_data
 
     p = small_params()
     p.model = p.model.model_copy(update={"ocr_prompt": True})
@@ -56,9 +56,9 @@ def grounded(tmp_path_factory):
 
 
 def test_ingest_stores_each_records_ocr_and_not_without_grounding(grounded, tmp_path):
-    from tasks.dataset import load_dataset_dir
+    from tasks.data.dataset import load_dataset_dir
+    from tasks.data.receipt_json import parse_target
     from tasks.ingest import run_ingest
-    from tasks.receipt_json import parse_target
 
     test = grounded["dataset"]["test"]
     for record in test:
@@ -102,8 +102,8 @@ def test_a_receipt_where_ocr_finds_nothing_is_answered_with_a_warning(grounded):
 
 
 def test_the_review_page_shows_the_ocr_lines_the_prompt_carried(grounded):
-    from tasks.receipt_json import parse_target
-    from tasks.review import render_review
+    from tasks.data.receipt_json import parse_target
+    from tasks.evaluation.review import render_review
 
     record = grounded["dataset"]["test"][0]
     row = {

@@ -5,11 +5,17 @@ import random
 
 import pytest
 
-from tasks.base import READER, check_reader
-from tasks.config import load_params
-from tasks.modeling import build_tiny
-from tasks.pretrain import eval_pages, reading_accuracy, reading_loss, reading_page, run_pretrain
-from tasks.sources.render import CELL
+from tasks.build_base import READER, check_reader
+from tasks.core.config import load_params
+from tasks.data.sources.render import CELL
+from tasks.reader.build import build_tiny
+from tasks.reader.pretrain import (
+    eval_pages,
+    reading_accuracy,
+    reading_loss,
+    reading_page,
+    run_pretrain,
+)
 from tests.conftest import REPO, small_params
 
 
@@ -70,7 +76,7 @@ def test_the_shipped_base_matches_params_and_reads_held_out_pages():
 
 
 def test_natural_reading_collapses_spaces_and_drops_blank_lines():
-    from tasks.pretrain import natural_text
+    from tasks.reader.pretrain import natural_text
 
     assert (
         natural_text("TOTAL      88,550\n     \n  CASH 100,000 \n")
@@ -79,7 +85,7 @@ def test_natural_reading_collapses_spaces_and_drops_blank_lines():
 
 
 def test_the_base_stage_refuses_a_reader_from_other_params(tmp_path, dataset_dir):
-    from tasks.base import run_build_base
+    from tasks.build_base import run_build_base
 
     params = small_params()
     other = params.model_copy(deep=True)

@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from tasks.base import READER, run_build_base
-from tasks.config import load_params
-from tasks.data import run_data
+from tasks.build_base import READER, run_build_base
+from tasks.core.config import load_params
 from tasks.evaluate import run_evaluate
 from tasks.gate import decide
 from tasks.ingest import run_ingest
+from tasks.refresh_data import run_data
 from tasks.train import run_train
 from tests.conftest import REPO
 
@@ -43,8 +43,8 @@ def project(tmp_path_factory):
         update={"train": TRAIN_RECORDS, "validation": 4, "test": TEST_RECORDS}
     )
     p.model = p.model.model_copy(update={"ocr_prompt": False})
-    p.train = p.train.model_copy(
-        update={"max_steps": STEPS, "save_steps": 10_000, "group_by_length": False}
+    p.train.args = p.train.args.model_copy(
+        update={"max_steps": STEPS, "save_steps": 10_000, "train_sampling_strategy": "random"}
     )
     p.gate = p.gate.model_copy(update={"min_json_valid_rate": MIN_JSON_VALID})
     run_data(p.data, root / "data")
@@ -54,7 +54,8 @@ def project(tmp_path_factory):
 
 
 def finetune(p, root, steps: int, name: str) -> dict:
-    p = p.model_copy(update={"train": p.train.model_copy(update={"max_steps": steps})})
+    p = p.model_copy(deep=True)
+    p.train.args = p.train.args.model_copy(update={"max_steps": steps})
     out = root / name
     run_train(p, root / "dataset", root / "base", out / "adapter", out / "ckpt", out / "t.json")
     metrics = run_evaluate(

@@ -6,11 +6,11 @@ import string
 
 import pytest
 
-from tasks.base import run_build_base
+from tasks.build_base import run_build_base
+from tasks.data.sources import RawRecord, write_snapshot
+from tasks.data.sources.synthetic import generate
 from tasks.ingest import run_ingest
-from tasks.modeling import TargetsTooLong
-from tasks.sources import RawRecord, write_snapshot
-from tasks.sources.synthetic import generate
+from tasks.model.modeling import TargetsTooLong
 from tasks.train import run_train
 from tests.conftest import small_params, small_reader
 
@@ -49,7 +49,7 @@ def test_an_overlong_target_is_named_by_the_base_and_the_train_stage(tmp_path, b
 
 
 def test_with_skip_an_overlong_train_record_is_left_out_by_name(tmp_path, base_dir, caplog):
-    p = small_params(train={"too_long": "skip", "max_steps": 1})
+    p = small_params(train={"too_long": "skip", "args": {"max_steps": 1}})
     rid = overlong_snapshot(p, tmp_path)
     run_build_base(p, tmp_path / "ds", tmp_path / "base", small_reader(p))
     assert f"left out of training (train.too_long: skip): {rid}" in caplog.text
@@ -60,9 +60,9 @@ def test_with_skip_an_overlong_train_record_is_left_out_by_name(tmp_path, base_d
 
 
 def test_targets_that_fit_pass_and_the_longest_sequence_is_counted(params, dataset_dir, tmp_path):
-    from tasks.dataset import load_dataset_dir
-    from tasks.modeling import check_targets_fit, dataset_fit_records, load_processor
-    from tasks.train import max_length_for
+    from tasks.data.dataset import load_dataset_dir
+    from tasks.model.collator import max_length_for
+    from tasks.model.modeling import check_targets_fit, dataset_fit_records, load_processor
 
     base = run_build_base(params, dataset_dir, tmp_path / "base", small_reader(params))
     processor = load_processor(base)

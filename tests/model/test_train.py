@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from tasks.dataset import load_dataset_dir
-from tasks.modeling import IMAGE_TOKEN, load_model, load_processor, prompt_text
-from tasks.train import ReceiptCollator, TargetTooLong, max_length_for, run_train
+from tasks.data.dataset import load_dataset_dir
+from tasks.model.collator import ReceiptCollator, TargetTooLong, max_length_for
+from tasks.model.modeling import IMAGE_TOKEN, load_model, load_processor, prompt_text
+from tasks.train import run_train
+from tests.conftest import updated
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +135,7 @@ def test_checkpoints_from_other_params_are_not_resumed(params, dataset_dir, base
     run_train(params, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
     assert not list(ckpt.glob("checkpoint-*"))  # a finished run leaves nothing to resume
     (ckpt / "checkpoint-3").mkdir()  # as if a crashed run of *other* params had left one
-    other = params.model_copy(
-        update={"train": params.train.model_copy(update={"learning_rate": 1e-3})}
-    )
+    other = updated(params, train={"args": {"learning_rate": 1e-3}})
     summary = run_train(other, dataset_dir, base_dir, tmp_path / "b", ckpt, tmp_path / "s2.json")
     assert summary["resumed_from"] is None and summary["steps"] == 6
 
@@ -144,7 +144,7 @@ def test_a_rerun_of_the_same_params_trains_the_same_adapter(
     params, dataset_dir, base_dir, trained, tmp_path
 ):
     """train.seed decides the run: peft's adapter init included, whatever torch's global
-    generator held before (two unseeded runs on identical inputs once ended far apart, #10)."""
+    generator held before (unseeded, two runs on identical inputs can end far apart)."""
     from safetensors.torch import load_file
 
     def adapter(d):
@@ -156,7 +156,7 @@ def test_a_rerun_of_the_same_params_trains_the_same_adapter(
     assert first.keys() == again.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
 
-    other = params.model_copy(update={"train": params.train.model_copy(update={"seed": 1})})
+    other = updated(params, train={"args": {"seed": 1, "data_seed": 1}})
     run_train(other, dataset_dir, base_dir, tmp_path / "b", tmp_path / "c", tmp_path / "s2.json")
     reseeded = adapter(tmp_path / "b")
     assert any(not torch.equal(first[k], reseeded[k]) for k in first)

@@ -1,0 +1,145 @@
+"""Batched greedy generation: the one way evaluate (base and challenger), the gate (champion),
+`predict` and the served pyfunc ask a model, with one set of settings.
+
+`Settings` carries everything that changes an answer besides the weights: the prompt, the
+token budget, the batch (left padding depends on it), the dtype and attention rules, and
+whether generation is held to CORD's JSON schema (`tasks.inference.constrained`). It
+is built from params for evaluate and the gate, and logged as the pyfunc's model_config at
+registration, so a registered model answers as it did when it was evaluated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from tasks.core.config import Params
+from tasks.model.modeling import inference_dtype, instruction, pick_attn, prompt_text
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    max_new_tokens: int
+    batch_size: int
+    # The training compute dtype: inference runs in it on a GPU, in float32 on a CPU.
+    compute_dtype: str
+    attn_implementation: str
+    # Hold generation to CORD's gt_parse JSON schema (tasks.inference.constrained).
+    json_schema: bool
+    # OCR grounding: the receipt's OCR lines follow the image in the prompt (tasks.inference.ocr).
+    ocr_prompt: bool
+
+    @classmethod
+    def from_params(cls, params: Params) -> Settings:
+        return cls(
+            prompt=params.ingest.prompt,
+            max_new_tokens=params.evaluate.max_new_tokens,
+            batch_size=params.evaluate.batch_size,
+            compute_dtype=params.train.compute_dtype,
+            attn_implementation=params.train.attn_implementation,
+            json_schema=params.evaluate.json_schema,
+            ocr_prompt=params.model.ocr_prompt,
+        )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Settings:
+        """From a pyfunc's model_config (what `as_config` logged); extra keys are ignored."""
+        return cls(**{k: config[k] for k in cls.__dataclass_fields__})
+
+    def but(self, **changes: Any) -> Settings:
+        """These settings with some changed (e.g. `json_schema` for one request)."""
+        return replace(self, **changes)
+
+    def as_config(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def dtype(self) -> str:
+        return inference_dtype(self.compute_dtype)
+
+    @property
+    def attn(self) -> str:
+        return pick_attn(self.attn_implementation)
+
+
+def prompts_for(images: list, s: Settings, ocr: list[str] | None = None) -> list[str]:
+    """Each image's user text under settings s: the instruction, and with OCR grounding its
+    OCR lines (`ocr`: read at ingest, or by predict from the image)."""
+    if not s.ocr_prompt:
+        return [s.prompt] * len(images)
+    if ocr is None or len(ocr) != len(images):
+        raise ValueError("OCR grounding (model.ocr_prompt) needs each image's OCR text")
+    return [instruction(s.prompt, o or "") for o in ocr]
+
+
+def answers(model, processor, images: list, s: Settings, ocr: list[str] | None = None) -> list[str]:
+    """The model's answers for these images under settings s (`ocr`: their OCR text, when
+    already read)."""
+    return generate(
+        model,
+        processor,
+        images,
+        prompts_for(images, s, ocr),
+        s.max_new_tokens,
+        s.batch_size,
+        s.json_schema,
+    )
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    processor,
+    images: list,
+    prompt: str | list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    json_schema: bool = False,
+    schema_backend: str = "llguidance",
+) -> list[str]:
+    """Greedy, batched, left-padded generation; returns the decoded answers only. `prompt` is
+    one user text for every image, or one per image. With `json_schema`, every step is held
+    to CORD's JSON schema (tasks.inference.constrained) by Outlines' `schema_backend`."""
+    from transformers import LogitsProcessorList
+
+    processor.tokenizer.padding_side = "left"
+    texts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
+    if len(texts) != len(images):
+        raise ValueError(f"{len(texts)} prompts for {len(images)} images")
+    device = next(model.parameters()).device
+    constrained = None
+    if json_schema:
+        from tasks.inference.constrained import CloseWithinBudget, json_schema_processor
+
+        schema = json_schema_processor(model, processor, schema_backend)
+        budget = CloseWithinBudget(processor.tokenizer, max_new_tokens)
+        constrained = LogitsProcessorList([schema, budget])
+    outputs: list[str] = []
+    for i in range(0, len(images), batch_size):
+        chunk = [im.convert("RGB") for im in images[i : i + batch_size]]
+        chunk_texts = [prompt_text(processor, t) for t in texts[i : i + batch_size]]
+        enc = processor(images=chunk, text=chunk_texts, return_tensors="pt", padding=True).to(
+            device
+        )
+        enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
+        if constrained is not None:
+            schema.reset()  # a new generation: the schema's state starts over
+            budget.prompt_length = enc["input_ids"].shape[1]
+        with warnings.catch_warnings():
+            # Outlines' llguidance processor hands a finished row's padding to its stopped
+            # matcher and warns "Error in LLMatcher"; that row's answer is already complete.
+            warnings.filterwarnings("ignore", message="Error in LLMatcher")
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=processor.tokenizer.pad_token_id,
+                logits_processor=constrained,
+            )
+        answers = out[:, enc["input_ids"].shape[1] :]
+        outputs += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [o.strip() for o in outputs]

@@ -1,0 +1,240 @@
+"""OCR grounding: the words on a receipt, read by a packaged engine, as layout-preserving lines.
+
+The engine is rapidocr (PP-OCR detection + recognition as ONNX models shipped inside its
+wheel, run by onnxruntime): nothing is downloaded, ever. Its words are grouped into lines by
+baseline and ordered left to right, so a menu line reads "ICE BLACKCOFFE 2 82,000" as it is
+printed. That text goes into the prompt after the image (`ocr_prompt`), as LLaVA-1.5's
+TextVQA evaluation gives its OCR tokens, through one function for train, evaluate, predict,
+serving and scoring.
+
+OCR runs once per record at ingest and is stored as a column of the versioned dataset.
+`OcrCache` lets a shipped file of the words already read (keyed by image sha256 and engine)
+stand in for the engine, so a fresh clone only reads what is new.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    # the engine's quadrilateral: top-left, top-right, bottom-right, bottom-left (image pixels)
+    quad: tuple[tuple[float, float], ...]
+    score: float
+
+    def as_row(self) -> list:
+        return [self.text, [[round(x, 1), round(y, 1)] for x, y in self.quad], round(self.score, 4)]
+
+    @classmethod
+    def from_row(cls, row: list) -> Word:
+        return cls(row[0], tuple((float(x), float(y)) for x, y in row[1]), float(row[2]))
+
+
+def engine_id() -> str:
+    """Which engine read the words: part of the cache key, so another version reads again."""
+    from importlib.metadata import version
+
+    return f"rapidocr-{version('rapidocr')}/onnxruntime-{version('onnxruntime')}"
+
+
+@lru_cache(maxsize=1)
+def _engine():
+    import logging
+
+    from rapidocr import RapidOCR
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or -1
+    eng = RapidOCR(
+        params={
+            "Global.log_level": "error",
+            "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        }
+    )
+    logging.getLogger("RapidOCR").setLevel(logging.ERROR)
+    return eng
+
+
+def read_words(image: Image.Image) -> list[Word]:
+    """Every word (text run) the engine finds, with its quadrilateral and confidence."""
+    import numpy as np
+
+    rgb = np.asarray(image.convert("RGB"))[:, :, ::-1]  # the engine takes BGR, as OpenCV reads
+    out = _engine()(np.ascontiguousarray(rgb))
+    if out.boxes is None or out.txts is None:
+        return []
+    return [
+        Word(text.strip(), tuple((float(x), float(y)) for x, y in quad), float(score))
+        for quad, text, score in zip(out.boxes, out.txts, out.scores, strict=True)
+        if text.strip()
+    ]
+
+
+def layout_lines(words: list[Word]) -> list[str]:
+    """Words grouped into printed lines and ordered left to right in each; lines top to bottom.
+
+    A photographed receipt is often turned a little: the page's slant (the median slope of the
+    words' top edges) is undone first, then a word joins a line when its centre is within half
+    a word's height of the line's."""
+    if not words:
+        return []
+    slopes = sorted(
+        math.atan2(w.quad[1][1] - w.quad[0][1], w.quad[1][0] - w.quad[0][0]) for w in words
+    )
+    angle = slopes[len(slopes) // 2]
+    cos, sin = math.cos(angle), math.sin(angle)
+
+    def centre(w: Word) -> tuple[float, float]:
+        x = sum(p[0] for p in w.quad) / 4
+        y = sum(p[1] for p in w.quad) / 4
+        return x * cos + y * sin, -x * sin + y * cos  # in the page's own axes
+
+    height = (
+        statistics.median(
+            math.dist(w.quad[0], w.quad[3]) + math.dist(w.quad[1], w.quad[2]) for w in words
+        )
+        / 2
+        or 1.0
+    )
+    placed = sorted(((centre(w), w) for w in words), key=lambda cw: cw[0][1])
+    lines: list[list[tuple[float, Word]]] = []
+    centres: list[float] = []
+    for (x, y), w in placed:
+        if centres and abs(y - centres[-1]) <= 0.5 * height:
+            lines[-1].append((x, w))
+            centres[-1] += (y - centres[-1]) / len(lines[-1])
+        else:
+            lines.append([(x, w)])
+            centres.append(y)
+    return [" ".join(w.text for _, w in sorted(line, key=lambda xw: xw[0])) for line in lines]
+
+
+def ocr_text(image: Image.Image) -> str:
+    """The receipt's text as the prompt carries it: one printed line per line."""
+    return "\n".join(layout_lines(read_words(image)))
+
+
+def image_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class OcrCache:
+    """The engine's words by (image sha256, engine id), read from and written to a gzipped
+    JSON-lines file. Words, not lines, are kept: a change of layout needs no new reading."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.engine = engine_id()
+        self.entries: dict[str, list[Word]] = {}
+        self.misses = 0
+        if self.path is not None and self.path.is_file():
+            with gzip.open(self.path, "rt", encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line)
+                    if row.get("engine") == self.engine:
+                        self.entries[row["sha256"]] = [Word.from_row(w) for w in row["words"]]
+
+    def save(self, keep: set[str] | None = None) -> None:
+        """Write the entries (only those whose sha256 is in `keep`, when given), atomically."""
+        if self.path is None:
+            return
+        from tasks.core.io import write_bytes_atomic
+
+        rows: list[dict[str, Any]] = [
+            {"sha256": k, "engine": self.engine, "words": [w.as_row() for w in v]}
+            for k, v in sorted(self.entries.items())
+            if keep is None or k in keep
+        ]
+        blob = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+        write_bytes_atomic(self.path, gzip.compress(blob, compresslevel=9, mtime=0))
+
+
+def _words_of(data: bytes) -> list[Word]:
+    """The words on an image; none on one that does not decode (the validate stage names
+    that record, and the run stops there)."""
+    import io
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return []
+    return read_words(image)
+
+
+def _read_file(path: str) -> tuple[str, list[Word]]:
+    data = Path(path).read_bytes()
+    return image_sha256(data), _words_of(data)
+
+
+def read_many(cache: OcrCache, items: list[bytes], workers: int) -> list[str]:
+    """OCR text for each image's bytes: the words from the cache, the misses read by `workers`
+    processes (one onnxruntime thread each) and added to it; then laid out as lines."""
+    import tempfile
+
+    keys = [image_sha256(b) for b in items]
+    todo = {k: b for k, b in zip(keys, items, strict=True) if k not in cache.entries}
+    if todo and workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for k, b in todo.items():
+                (Path(tmp) / k).write_bytes(b)
+                paths.append(str(Path(tmp) / k))
+            with ProcessPoolExecutor(workers, initializer=_one_thread) as pool:
+                for key, words in pool.map(_read_file, paths, chunksize=4):
+                    cache.entries[key] = words
+                    cache.misses += 1
+    else:
+        for k, b in todo.items():
+            cache.entries[k] = _words_of(b)
+            cache.misses += 1
+    return ["\n".join(layout_lines(cache.entries[k])) for k in keys]
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    _engine.cache_clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-make the shipped OCR cache from a raw snapshot: `make ocr-cache`."""
+    from tasks.core import cli
+    from tasks.core.errors import MissingInput
+
+    ap = cli.parser("OCR every image of a raw snapshot into a cache.", paths=("data", "ocr_cache"))
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+
+    def body(a, p) -> str:
+        folder = Path(a.data) / "images"
+        if not folder.is_dir():
+            raise MissingInput(f"{folder}: no images folder (a raw snapshot: `make data`)")
+        images = sorted(f for f in folder.iterdir() if f.is_file())
+        cache = OcrCache(a.ocr_cache)
+        data = [f.read_bytes() for f in images]
+        read_many(cache, data, a.workers)
+        cache.save(keep={image_sha256(b) for b in data})
+        return (
+            f"ocr: {len(images)} images, {cache.misses} read, "
+            f"{len(images) - cache.misses} cached -> {a.ocr_cache}"
+        )
+
+    cli.run("ocr", ap, body, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Receipt images in, gt_parse dicts out: decoding an image safely, and a loaded model that reads.
+
+The one reading path behind `tasks.predict`, batch scoring and the served pyfunc.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageStat, UnidentifiedImageError
+
+from tasks.core.errors import UserError
+from tasks.core.io import MAX_IMAGE_PIXELS  # importing it sets Pillow's limit
+from tasks.inference.generation import Settings, answers
+
+
+class BadImage(UserError):
+    pass
+
+
+class BadModel(UserError):
+    pass
+
+
+# Input far from a receipt gets a warning beside its answer (the model answers anyway).
+BLANK_STDDEV = 3.0  # grey-level standard deviation below which an image is nearly blank
+MAX_ASPECT = 8.0  # long side / short side above which it is no receipt photo or scan
+
+
+def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image from a path or bytes; one clear line for anything that is not one."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except FileNotFoundError as exc:
+        raise BadImage(f"{label}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise BadImage(f"{label}: is a directory, not an image") from exc
+    except PermissionError as exc:
+        raise BadImage(f"{label}: cannot be read (permission denied)") from exc
+    if not data:
+        raise BadImage(f"{label}: empty file (0 bytes), not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(
+            f"{label}: too large to open safely ({exc}); the limit is "
+            f"{Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS:,} pixels (tasks.core.io.MAX_IMAGE_PIXELS)"
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    return img.convert("RGB")
+
+
+def receipt_warnings(image: Image.Image) -> list[str]:
+    """Why this input may be far from a receipt: nearly blank, or an extreme aspect ratio."""
+    out = []
+    spread = ImageStat.Stat(image.convert("L")).stddev[0]
+    if spread < BLANK_STDDEV:
+        out.append(f"nearly blank: grey-level standard deviation {spread:.1f} < {BLANK_STDDEV}")
+    w, h = image.size
+    ratio = max(w, h) / max(1, min(w, h))
+    if ratio > MAX_ASPECT:
+        out.append(f"extreme aspect ratio {ratio:.1f}:1 ({w}x{h}) > {MAX_ASPECT}:1")
+    return out
+
+
+class ReceiptReader:
+    """A loaded model + processor that turns receipt images into gt_parse dicts."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        settings: Settings,
+        base: str | None = None,
+        revision: str | None = None,
+    ):
+        """`model_dir` is a merged model; with `base`, it is an adapter merged onto that base at load."""
+        from tasks.model.modeling import load_model, load_processor
+
+        kw: dict[str, Any] = {"compute_dtype": settings.dtype, "attn": settings.attn}
+        if base is None:
+            self.model = load_model(str(model_dir), **kw).eval()
+        else:
+            from peft import PeftModel
+
+            base_model = load_model(base, revision=revision, **kw)
+            self.model = (
+                PeftModel.from_pretrained(base_model, str(model_dir)).merge_and_unload().eval()
+            )
+        self.processor = load_processor(str(model_dir))
+        self.settings = settings
+
+    def read(
+        self, images: list[Image.Image], json_schema: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """gt_parse dicts for the images; `json_schema` overrides the settings' for this call."""
+        from tasks.data.receipt_json import is_valid_json, parse_target
+        from tasks.inference.ocr import ocr_text
+
+        s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
+        ocr = [ocr_text(im) for im in images] if s.ocr_prompt else None
+        outputs = answers(self.model, self.processor, images, s, ocr)
+        texts: list[str | None] = list(ocr) if ocr is not None else [None] * len(images)
+        return [
+            {
+                "json": parse_target(o),
+                "valid_json": is_valid_json(o),
+                "raw": o,
+                "warnings": receipt_warnings(im)
+                + (["OCR found no text: the answer rests on the image alone"] if t == "" else []),
+            }
+            for o, im, t in zip(outputs, images, texts, strict=True)
+        ]

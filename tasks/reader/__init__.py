@@ -1,0 +1,1 @@
+"""The embedded tiny base: built from config offline and pretrained to read (`make pretrain`)."""
