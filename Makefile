@@ -41,7 +41,7 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 	  else $(MAKE) --no-print-directory data; fi; \
 	fi
 	dvc repro
-	@dvc metrics show reports/metrics.json reports/gate.json
+	@$(PY) -m tasks.summary
 	-@$(PY) -m tasks.promote   # a refusal (no better than the champion) is reported, not an error
 
 ocr-cache: setup ## re-make assets/cord/ocr.jsonl.gz: OCR of every image in data/ (~8 min for CORD on 2 cores)
@@ -63,9 +63,9 @@ promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick
 retrain: setup ## the Prefect retrain flow: refresh data, every stage, push, register, promote
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.retrain $(if $(SOURCE),--source '$(SOURCE)')
 
-score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] [JSON_SCHEMA=1] -> reports/score/
+score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] [JSON_SCHEMA=1] [FORCE=1] -> reports/score/
 	@test -n "$(DIR)" || { echo "DIR=<folder of receipt images>"; exit 2; }
-	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION)) $(if $(JSON_SCHEMA),--json-schema)
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION)) $(if $(JSON_SCHEMA),--json-schema) $(if $(FORCE),--force)
 
 serve: setup ## serve the champion over HTTP (mlflow models serve) on PORT (default 5001)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(VENV)/bin/mlflow models serve -m models:/receipt-llava@champion --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001)

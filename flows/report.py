@@ -16,6 +16,8 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 
+from tasks.evaluation.summary import summary_table
+
 HANDBACK_KEY = "train-handback"
 
 
@@ -23,35 +25,16 @@ def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def summary_markdown(metrics: dict[str, Any], gate: dict[str, Any]) -> str:
-    """Metrics before/after and the gate's criteria, as a markdown page."""
-    lines = ["# Retrain", "", "| metric | base | fine-tuned |", "|---|---|---|"]
-    for k in ("json_valid_rate", "ted_accuracy", "field_f1", "exact_match"):
-        if k in metrics:
-            lines.append(f"| {k} | {metrics.get('base_' + k)} | {metrics[k]} |")
-    if gate:
-        lines += [
-            "",
-            f"**Gate: {'passed' if gate['passed'] else 'FAILED'}**",
-            "",
-            "| criterion | value | bound | passed |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {c['criterion']} | {c['value']} | {c['bound']} | {c['passed']} |"
-            for c in gate["criteria"]
-        ]
-    return "\n".join(lines)
-
-
 def publish_summary(repo: str) -> dict[str, Any]:
     """The `retrain-summary` artifact (metrics, gate) and a link to the review page."""
-    reports = Path(repo) / "reports"
-    metrics, gate = _json(reports / "metrics.json"), _json(reports / "gate.json")
-    page = summary_markdown(metrics, gate)
-    review = reports / "review.html"
+    from tasks.core.config import load_params
+
+    paths = load_params(Path(repo) / "params.yaml").paths
+    metrics, gate = _json(Path(repo) / paths.metrics), _json(Path(repo) / paths.gate)
+    page = "# Retrain\n\n" + summary_table(metrics, gate)
+    review = Path(repo) / paths.review
     if review.exists():  # every test receipt, expected vs predicted, worst first
-        run = _json(reports / "registration.json").get("run_id")
+        run = _json(Path(repo) / paths.registration).get("run_id")
         where = f" (also in MLflow run `{run}` under reports/)" if run else ""
         page += f"\n\n[Review page]({review.resolve().as_uri()}){where}"
         create_link_artifact(
@@ -71,7 +54,7 @@ def publish_promotion(result: dict[str, Any]) -> None:
 def publish_handback(back: dict[str, Any]) -> None:
     """The train host's handback: one table row (the data the pipeline's host applies) and a
     markdown note for people."""
-    summary = json.loads(back["files"]["reports/train.json"])
+    summary = back["train_summary"]
     create_table_artifact(
         [back],
         key=HANDBACK_KEY,

@@ -57,7 +57,7 @@ def refresh_data(repo: str, source: str | None) -> str:
     from tasks.refresh_data import run_data
 
     params = load_params(Path(repo) / "params.yaml")
-    result = run_data(params.data, Path(repo) / "data", source, repo=repo)
+    result = run_data(params.data, Path(repo) / params.paths.data, source, repo=repo)
     get_run_logger().info(
         "data: %s records from %s, md5 %s", result["records"], result["source"], result["md5"]
     )
@@ -201,7 +201,10 @@ def retrain(
             raise
     push(repo)
     summary = summarize(repo)
-    registration = json.loads((Path(repo) / "reports" / "registration.json").read_text())
+    from tasks.core.config import load_params
+
+    paths = load_params(Path(repo) / "params.yaml").paths
+    registration = json.loads((Path(repo) / paths.registration).read_text())
     result = {
         "data_md5": data_md5,
         "stages": ran,

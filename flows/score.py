@@ -34,12 +34,18 @@ def _total(row: dict[str, Any]) -> str:
 
 @task(retries=1, retry_delay_seconds=10)
 def score_folder(
-    folder: str, out: str, version: str | None, repo: str, json_schema: bool | None = None
+    folder: str,
+    out: str | None,
+    version: str | None,
+    repo: str,
+    json_schema: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     from tasks.core.config import load_params
     from tasks.score import run_score
 
-    name = load_params(Path(repo) / "params.yaml").register_.model_name
+    params = load_params(Path(repo) / "params.yaml")
+    name, out = params.register_.model_name, out or str(Path(repo) / params.paths.score)
     progress_id: Any = create_progress_artifact(  # a UUID: called sync, from a task
         progress=0.0, key="receipt-scoring-progress", description=f"scoring {folder}"
     )
@@ -49,7 +55,7 @@ def score_folder(
         get_run_logger().info("scored %d/%d", done, total)
 
     summary = run_score(
-        folder, out, name, version, repo, progress=progress, json_schema=json_schema
+        folder, out, name, version, repo, progress=progress, json_schema=json_schema, force=force
     )
     rows = summary.pop("rows")
     create_table_artifact(
@@ -77,13 +83,15 @@ def score_folder(
 @flow(name="score", log_prints=True)
 def score(
     folder: str,
-    out: str = "reports/score",
+    out: str | None = None,
     version: str | None = None,
     repo: str = ".",
     json_schema: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Score every file under `folder`; returns score.json's summary."""
-    return score_folder(folder, out, version, repo, json_schema)
+    """Score every file under `folder` into `out` (default: params.yaml's paths.score);
+    returns score.json's summary. Files this model scored before are reused unless `force`."""
+    return score_folder(folder, out, version, repo, json_schema, force)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,13 +102,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--version", default=None)
     ap.add_argument("--repo", default=".")
     ap.add_argument("--json-schema", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--force", action="store_true", help="score again what was scored before")
 
     def body(a, p) -> str:
         if not Path(a.dir).is_dir():
             raise MissingInput(f"{a.dir}: no such folder of receipts")
-        return json.dumps(score(a.dir, a.score, a.version, a.repo, a.json_schema), indent=2)
+        try:
+            summary = score(a.dir, a.score, a.version, a.repo, a.json_schema, a.force)
+        except KeyboardInterrupt:
+            _interrupted(a.score)
+        return json.dumps(summary, indent=2)
 
     cli.run("score", ap, body, argv)
+
+
+def _interrupted(out: str) -> None:
+    """Ctrl-C: one line, then out at once. Prefect has marked the run crashed; its shutdown
+    would print the local server's connection errors for minutes. The answers so far are in
+    the partial file (tasks/score.py), the earlier outputs untouched."""
+    import os
+    import sys
+
+    from tasks.score import partial_path
+
+    kept = partial_path(out)
+    n = len(kept.read_text().splitlines()) if kept.is_file() else 0
+    print(f"score: interrupted; {n} answers kept in {kept} for the next run", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ from tasks.model.modeling import (
 
 log = logging.getLogger(__name__)
 
-READER = "models/tiny-reader"
-
 
 def check_reader(params: Params, reader_dir: str | Path) -> dict:
     """The pretrained tiny base's report, if it was made from params.yaml's `pretrain` section."""
@@ -58,12 +56,13 @@ def run_build_base(
     params: Params,
     dataset_dir: str | Path,
     out_dir: str | Path,
-    reader_dir: str | Path = READER,
+    reader_dir: str | Path | None = None,
 ) -> str:
     """The base stage: copy the pretrained tiny base or note the hub id; then check that every
     target fits it (TargetsTooLong names those that don't)."""
     from tasks.data.dataset import load_dataset_dir
 
+    reader_dir = reader_dir or params.paths.reader
     out_dir = Path(out_dir)
     dd = load_dataset_dir(dataset_dir, decode_images=False)
     with atomic_dir(out_dir) as tmp:

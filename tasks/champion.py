@@ -17,8 +17,6 @@ from tasks.core import cli
 from tasks.core.config import Params
 from tasks.core.io import write_json_atomic
 
-CHAMPION_FILE = "reports/champion.json"  # the champion stage's out in dvc.yaml
-
 
 def current_champion(params: Params, repo: str | Path = ".") -> dict[str, Any]:
     """{model_name, version, model_digest, run_id}; version None when there is no champion."""

@@ -16,6 +16,7 @@ from typing import Any
 from tasks.core import cli
 from tasks.core.config import Params
 from tasks.core.io import write_json_atomic, write_text_atomic
+from tasks.core.progress import reporter
 from tasks.data.receipt_json import parse_target
 from tasks.evaluation.metrics import per_field, score
 from tasks.inference.generation import Settings, answers
@@ -71,10 +72,10 @@ def run_evaluate(
     settings = Settings.from_params(params)
     start = time.perf_counter()
     ocr = list(test["ocr"]) if settings.ocr_prompt else None
-    tuned = answers(model, processor, images, settings, ocr)
+    tuned = answers(model, processor, images, settings, ocr, reporter("evaluate: fine-tuned"))
     tuned_seconds = time.perf_counter() - start
     with model.disable_adapter():
-        base = answers(model, processor, images, settings, ocr)
+        base = answers(model, processor, images, settings, ocr, reporter("evaluate: base"))
     metrics: dict[str, float | None] = {k: round(float(v), 4) for k, v in score(tuned, gts).items()}
     metrics |= {f"base_{k}": round(float(v), 4) for k, v in score(base, gts).items() if k != "n"}
     metrics["samples_per_second"] = round(len(images) / tuned_seconds, 3) if tuned_seconds else None

@@ -1,7 +1,10 @@
 """Read receipts: image(s) in, JSON out, from a merged model directory or an MLflow model URI.
 
-python -m tasks.predict --model artifacts/merged receipt.png [more.png ...]
-python -m tasks.predict --model models:/receipt-llava@champion receipt.png
+    python -m tasks.predict --model artifacts/merged receipt.png [more.png ...]
+    python -m tasks.predict --model models:/receipt-llava@champion receipt.png
+
+One JSON line per file, in order: its answer, or the reason it is no readable image. Exit
+code 1 when any file could not be read, 2 for a usage error (bad params, no such model).
 """
 
 from __future__ import annotations
@@ -14,67 +17,74 @@ from typing import Any
 
 from tasks.core import cli
 from tasks.inference.generation import Settings
-from tasks.inference.reader import BadModel, ReceiptReader, open_image
+from tasks.inference.reader import BadImage, BadModel, ReceiptReader, open_image
 
 
-def served_json_schema(model, asked: bool | None) -> bool:
-    """The `json_schema` setting a loaded version answers with: `asked`, or its registered default."""
+def served_json_schema(signature, asked: bool | None) -> bool:
+    """The `json_schema` setting a version (its signature) answers with: `asked`, or its
+    registered default."""
     if asked is not None:
         return asked
-    specs = {p.name: p for p in model.metadata.signature.params.params}
+    specs = {p.name: p for p in signature.params.params}
     return bool(specs["json_schema"].default)
 
 
 def predict(
     model: str, paths: list[str], settings: Settings, json_schema: bool | None = None
 ) -> list[dict[str, Any]]:
-    """Read the images with a model dir (under `settings`) or an MLflow model URI (under the
-    settings it was registered with); `json_schema`, when given, overrides either's."""
-    images = [open_image(p) for p in paths]  # all images checked before the model loads
-    if model.startswith(("models:/", "runs:/")):
-        import mlflow.pyfunc
-        import pandas as pd
-        from mlflow.exceptions import MlflowException
-
-        from tasks.registry.tracking import tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri())
-        try:
-            pyfunc = mlflow.pyfunc.load_model(model)
-        except MlflowException as exc:
-            raise BadModel(
-                f"{model}: cannot load it from {tracking_uri()} ({exc.message})"
-            ) from exc
-        held = served_json_schema(pyfunc, json_schema)
-        frame = pyfunc.predict(
-            pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}),
-            params={"json_schema": held} if json_schema is not None else None,
-        )
-        return [
-            {
-                "image": p,
-                "json": json.loads(j),
-                "valid_json": bool(v),
-                "raw": r,
-                "warnings": json.loads(w),
-            }
-            for p, j, v, r, w in zip(
-                paths,
-                frame["json"],
-                frame["valid_json"],
-                frame["raw"],
-                frame["warnings"],
-                strict=True,
-            )
-        ]
-    if not (Path(model) / "config.json").is_file():
+    """One row per path, in order: the answer read with a model dir (under `settings`) or an
+    MLflow model URI (under the settings it was registered with), or `error`, the reason the
+    file is no readable image. `json_schema`, when given, overrides either's setting."""
+    registry = model.startswith(("models:/", "runs:/"))
+    if not registry and not (Path(model) / "config.json").is_file():
         raise BadModel(
             f"{model}: no model directory here (config.json missing); `make run` writes "
             "artifacts/merged, or give a registry URI such as models:/receipt-llava@champion"
         )
-    reader = ReceiptReader(model, settings)
-    read = reader.read(images, json_schema=json_schema)
-    return [{"image": p, **r} for p, r in zip(paths, read, strict=True)]
+    rows: list[dict[str, Any]] = []
+    good: list[tuple[int, Any]] = []
+    for p in paths:
+        try:
+            good.append((len(rows), open_image(p)))
+            rows.append({"image": p})
+        except BadImage as exc:
+            rows.append({"image": p, "error": str(exc)})
+    if good:
+        images = [im for _, im in good]
+        read = (
+            _read_registered(model, [paths[i] for i, _ in good], json_schema)
+            if registry
+            else ReceiptReader(model, settings).read(images, json_schema=json_schema)
+        )
+        for (i, _), answer in zip(good, read, strict=True):
+            rows[i] |= answer
+    return rows
+
+
+def _read_registered(uri: str, paths: list[str], json_schema: bool | None) -> list[dict]:
+    """Answers of a registered version's pyfunc (what `make serve` runs) for image files."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise BadModel(f"{uri}: cannot load it from {tracking_uri()} ({exc.message})") from exc
+    held = served_json_schema(pyfunc.metadata.signature, json_schema)
+    frame = pyfunc.predict(
+        pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}),
+        params={"json_schema": held} if json_schema is not None else None,
+    )
+    return [
+        {"json": json.loads(j), "valid_json": bool(v), "raw": r, "warnings": json.loads(w)}
+        for j, v, r, w in zip(
+            frame["json"], frame["valid_json"], frame["raw"], frame["warnings"], strict=True
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,12 +105,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _predict(a, p) -> None:
-    for r in predict(a.model or a.merged, a.images, Settings.from_params(p), a.json_schema):
+    """A JSON line per file on stdout (the answer, or `error`); warnings and failures also
+    on stderr. Exit 1 when any file could not be read."""
+    rows = predict(a.model or a.merged, a.images, Settings.from_params(p), a.json_schema)
+    for r in rows:
+        if "error" in r:
+            print(f"predict: {r['error']}", file=sys.stderr)
+            print(json.dumps({"image": r["image"], "error": r["error"]}, ensure_ascii=False))
+            continue
         row = {"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]}
         if r["warnings"]:
             row["warnings"] = r["warnings"]
             print(f"predict: {r['image']}: warning: {'; '.join(r['warnings'])}", file=sys.stderr)
         print(json.dumps(row, ensure_ascii=False))
+    if any("error" in r for r in rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

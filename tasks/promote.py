@@ -29,7 +29,7 @@ def _move_champion(
 ) -> dict[str, Any]:
     """Point `champion` at mv and record why (and what it replaced) in mv's tags; with a repo,
     rewrite its reports/champion.json so that `dvc status` shows the gate stale."""
-    from tasks.champion import CHAMPION_FILE, run_champion
+    from tasks.champion import run_champion
 
     name = params.register_.model_name
     version, previous = str(mv.version), (str(champion.version) if champion else None)
@@ -42,7 +42,7 @@ def _move_champion(
     }.items():
         client.set_model_version_tag(name, version, key, value)
     if repo is not None:
-        run_champion(params, Path(repo) / CHAMPION_FILE, repo)
+        run_champion(params, Path(repo) / params.paths.champion, repo)
     return {"name": name, "champion": version, "previous": previous, "reason": reason}
 
 

@@ -68,14 +68,45 @@ def command(recipe_path: str | Path, params_path: str | Path = "params.yaml") ->
     return cmd
 
 
+def ensure_data(recipe: Params, repo: Path, refresh: bool = True) -> str:
+    """The recipe trains on the data it names: data/ is made from its `data.source` (by
+    `make data`'s code, then `dvc add`) unless it already holds that source; with
+    `refresh=False` a mismatch is refused, naming both."""
+    from tasks.refresh_data import run_data
+    from tasks.registry.lineage import data_source
+
+    data_dir = repo / recipe.paths.data
+    want, have = recipe.data.source, data_source(data_dir)
+    if have == want:
+        return f"recipe: {data_dir} already holds {want}"
+    if not refresh:
+        raise BadInput(
+            f"{data_dir} holds {have or 'no snapshot'}, the recipe trains on {want}: "
+            f"run it without --keep-data to refresh data/, or `make data SOURCE={want}`"
+        )
+    made = run_data(recipe.data, data_dir, want, repo)
+    return (
+        f"recipe: {data_dir} refreshed from {want}: {made['records']} records (md5 {made['md5']})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = cli.parser(__doc__)
     ap.add_argument("recipe", help="configs/<name>.yaml")
     ap.add_argument("--print", action="store_true", help="print the dvc command, run nothing")
     ap.add_argument("extra", nargs="*", help="more `dvc exp run` arguments, after --")
 
+    ap.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="refuse, instead of refreshing data/, when it holds another source than the recipe's",
+    )
+
     def body(a, p) -> None:
         cmd = command(a.recipe, a.params) + a.extra
+        if not a.print:
+            recipe = Params.model_validate(merged(a.params, a.recipe))
+            print(ensure_data(recipe, Path(a.params).resolve().parent, refresh=not a.keep_data))
         print(shlex.join(cmd), flush=True)
         if not a.print:
             sys.exit(subprocess.run(cmd).returncode)

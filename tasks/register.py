@@ -93,7 +93,7 @@ def run_register(
     r = params.register_
     artifact, artifacts, config = _what_to_log(params, merged_dir, adapter_dir)
     client = setup(r.experiment, repo)
-    tags = lineage.collect(repo, params.digest())
+    tags = lineage.collect(repo, params.digest(), params.paths.data)
     digest = model_digest(next(iter(artifacts.values())), config)
     existing = version_with_digest(client, r.model_name, digest)
     if existing is not None:
@@ -162,7 +162,7 @@ def _log_new_version(params, repo: Path, reports: Path, tags, artifacts, config)
             for row in csv.DictReader(f):
                 mlflow.log_metric("train_loss", float(row["loss"]), step=int(row["step"]))
         _log_reports(reports)
-        _log_dataset(params, repo, tags["data_md5"])
+        _log_dataset(params, repo, tags)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVING),
@@ -188,18 +188,18 @@ def _log_reports(reports: Path) -> None:
         mlflow.log_text(sample, "reports/predictions_sample.jsonl")
 
 
-def _log_dataset(params: Params, repo: Path, data_md5: str) -> None:
+def _log_dataset(params: Params, repo: Path, lineage_tags: dict[str, str]) -> None:
     """The data snapshot as the run's training input, by its DVC md5."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     dataset = MetaDataset(  # type: ignore[abstract]
-        resolve_dataset_source((repo / "data").resolve().as_uri()),
+        resolve_dataset_source((repo / params.paths.data).resolve().as_uri()),
         name="receipts",
-        digest=data_md5[:36],
+        digest=lineage_tags["data_md5"][:36],
     )
-    tags = {"dvc_md5": data_md5, "source": params.data.source}
+    tags = {"dvc_md5": lineage_tags["data_md5"], "source": lineage_tags["data_source"]}
     mlflow.log_input(dataset, context="training", tags=tags)
 
 

@@ -34,6 +34,7 @@ from tasks.core import cli
 from tasks.core.config import Params, TrainParams
 from tasks.core.digest import tree_digest
 from tasks.core.io import atomic_dir, write_json_atomic, write_text_atomic
+from tasks.core.progress import clock
 from tasks.model.collator import ReceiptCollator, max_length_for
 from tasks.model.modeling import (
     base_ref,
@@ -72,14 +73,9 @@ class ProgressLog(TrainerCallback):
         print(
             f"train: step {done}/{total}  loss {float(logs['loss']):.4f}  "
             f"lr {float(logs.get('learning_rate', 0)):.2e}  "
-            f"elapsed {_clock(elapsed)}  eta {_clock(rate * (total - done))}",
+            f"elapsed {clock(elapsed)}  eta {clock(rate * (total - done))}",
             flush=True,
         )
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def peak_memory_mb() -> dict[str, float]:

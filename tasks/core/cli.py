@@ -54,7 +54,11 @@ def run(
     """Parse `argv`, load the params, run `body`; print what it returns. A UserError (bad
     source, params, image or model URI; a missing champion) exits with one line."""
     quiet_telemetry()
-    logging.basicConfig(level=logging.INFO, format=log_format)
+    # This project's own INFO lines; the libraries' (Great Expectations' registry, MLflow's
+    # store setup) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format=log_format)
+    for ours in ("tasks", "flows", "__main__"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     args = ap.parse_args(argv)
 
     def load_and_run() -> str | None:

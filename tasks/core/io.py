@@ -85,3 +85,13 @@ def quiet_telemetry() -> None:
     # MLflow says at INFO that it creates a new store's tables: not news to a command's user.
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content; BadInput naming the file if it is not JSON."""
+    from tasks.core.errors import BadInput
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from exc

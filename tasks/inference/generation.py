@@ -11,6 +11,7 @@ registration, so a registered model answers as it did when it was evaluated.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -76,9 +77,16 @@ def prompts_for(images: list, s: Settings, ocr: list[str] | None = None) -> list
     return [instruction(s.prompt, o or "") for o in ocr]
 
 
-def answers(model, processor, images: list, s: Settings, ocr: list[str] | None = None) -> list[str]:
+def answers(
+    model,
+    processor,
+    images: list,
+    s: Settings,
+    ocr: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
     """The model's answers for these images under settings s (`ocr`: their OCR text, when
-    already read)."""
+    already read); `progress(done, total)` after each batch."""
     return generate(
         model,
         processor,
@@ -87,6 +95,7 @@ def answers(model, processor, images: list, s: Settings, ocr: list[str] | None =
         s.max_new_tokens,
         s.batch_size,
         s.json_schema,
+        progress=progress,
     )
 
 
@@ -100,6 +109,7 @@ def generate(
     batch_size: int,
     json_schema: bool = False,
     schema_backend: str = "llguidance",
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Greedy, batched, left-padded generation; returns the decoded answers only. `prompt` is
     one user text for every image, or one per image. With `json_schema`, every step is held
@@ -142,4 +152,6 @@ def generate(
             )
         answers = out[:, enc["input_ids"].shape[1] :]
         outputs += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
+        if progress is not None:
+            progress(len(outputs), len(images))
     return [o.strip() for o in outputs]

@@ -6,6 +6,7 @@ The one reading path behind `tasks.predict`, batch scoring and the served pyfunc
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def open_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             f"{Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS:,} pixels (tasks.core.io.MAX_IMAGE_PIXELS)"
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"{label}: not a readable image ({type(exc).__name__}: {exc})") from exc
+        raise BadImage(
+            f"{label}: not a readable image ({type(exc).__name__}: {_plain(exc)})"
+        ) from exc
     return img.convert("RGB")
 
 
@@ -118,3 +121,9 @@ class ReceiptReader:
             }
             for o, im, t in zip(outputs, images, texts, strict=True)
         ]
+
+
+def _plain(exc: BaseException) -> str:
+    """The exception's message without object addresses (`<_io.BytesIO object at 0x…>`), so
+    the same bad file always gets the same words."""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-f]+>", r"<\1>", str(exc))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from tasks.core.config import ModelParams, TrainParams
 from tasks.core.errors import BadInput, MissingInput
@@ -23,6 +25,13 @@ log = logging.getLogger(__name__)
 # bitsandbytes' CPU backend tries the optional `kernels` package (which would fetch a kernel
 # from the hub) on import and warns when it is missing; its own CPU kernels are used instead.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft's k-bit preparation and Trainer still call transformers' old gradient-checkpointing
+# names, which warn (FutureWarning) on every call; the new names do the same thing.
+warnings.filterwarnings(
+    "ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning
+)
+# No "Loading weights" progress bar per load: in a log file they run together into one line.
+hf_logging.disable_progress_bar()
 
 IMAGE_TOKEN = "<image>"
 # Modules that stay in full precision under 4-bit: transformers 5 needs the full prefixes.

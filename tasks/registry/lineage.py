@@ -53,14 +53,24 @@ def stage_hashes(repo: Path) -> dict[str, str]:
     }
 
 
-def collect(repo: str | Path, params_digest: str) -> dict[str, str]:
-    """Lineage tags for a model version (all strings, as MLflow tags are)."""
+def data_source(data_dir: Path) -> str | None:
+    """The source the snapshot in `data_dir` was made from (its SOURCE.json), None if unknown."""
+    try:
+        return json.loads((data_dir / "SOURCE.json").read_text())["source"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def collect(repo: str | Path, params_digest: str, data_dir: str = "data") -> dict[str, str]:
+    """Lineage tags for a model version (all strings, as MLflow tags are). `data_source` is
+    what the data snapshot holds, whatever params.yaml's data.source says."""
     repo = Path(repo)
     commit, dirty = git_state(repo)
     tags = {
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "data_md5": data_md5(repo),
+        "data_source": data_source(repo / data_dir) or "unknown",
         "params_digest": params_digest,
     }
     tags |= {f"dvc_stage.{k}": v for k, v in stage_hashes(repo).items()}

@@ -190,7 +190,10 @@ def handback(workdir: str | Path) -> dict[str, Any]:
     for out in entry["outs"]:
         if not outs[out["path"]]:
             files |= _read_small(workdir, out["path"])
-    summary = json.loads(files.get("reports/train.json", "{}"))
+    from tasks.core.config import load_params
+
+    summary_path = load_params(workdir / "params.yaml").paths.train_summary
+    summary = json.loads(files.get(summary_path, "{}"))
     return {
         "commit": git(workdir, "rev-parse", "HEAD"),
         "entry": entry,
@@ -198,6 +201,7 @@ def handback(workdir: str | Path) -> dict[str, Any]:
         "host": socket.gethostname(),
         "workdir": str(workdir.resolve()),
         "device": summary.get("device_name"),
+        "train_summary": summary,
     }
 
 

@@ -1,5 +1,8 @@
-"""`predict` on input that is not a receipt image: one clear line and exit 2, never a
-traceback; input far from a receipt gets a warning beside its answer."""
+"""`predict` on input that is not a receipt image: a line naming the file and why, exit 1
+(2 for a usage error such as no model), never a traceback; input far from a receipt gets a
+warning beside its answer."""
+
+import json
 
 import pytest
 from PIL import Image, ImageDraw
@@ -9,12 +12,16 @@ from tasks.inference.reader import BLANK_STDDEV, BadImage, open_image, receipt_w
 from tasks.predict import main
 
 
-def run(argv, capsys) -> str:
+def run(argv, capsys, code: int = 1) -> str:
     with pytest.raises(SystemExit) as done:
         main(argv)
-    assert done.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == code
+    said = capsys.readouterr()
+    err = said.err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
+    if code == 1:  # a file that failed still has its line on stdout
+        (row,) = [json.loads(line) for line in said.out.strip().splitlines()]
+        assert err[0] == f"predict: {row['error']}"
     return err[0]
 
 
@@ -24,6 +31,13 @@ def receipt(tmp_path):
     ImageDraw.Draw(image).text((20, 20), "TOTAL 36,225", fill="black")
     image.save(path)
     return path
+
+
+def model_dir(tmp_path):
+    """A folder that passes for a model directory: no file here is good enough to load one."""
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    return tmp_path / "model"
 
 
 def written(path, data: bytes):
@@ -41,9 +55,9 @@ def written(path, data: bytes):
     ],
     ids=["directory", "missing", "empty", "text"],
 )
-def test_a_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make, said):
+def test_a_bad_input_is_one_line_and_exit_1(tmp_path, capsys, make, said):
     target = make(tmp_path)
-    line = run(["--model", str(tmp_path), str(target)], capsys)
+    line = run(["--model", str(model_dir(tmp_path)), str(target)], capsys)
     assert line.startswith(f"predict: {target}: ") and said in line
 
 
@@ -52,12 +66,12 @@ def test_a_decompression_bomb_is_refused_at_the_documented_limit(tmp_path, capsy
     bomb = tmp_path / "bomb.png"
     Image.new("1", (12_000, 12_000)).save(bomb)  # 144 MP in a few kB
     assert bomb.stat().st_size < 100_000
-    line = run(["--model", str(tmp_path), str(bomb)], capsys)
+    line = run(["--model", str(model_dir(tmp_path)), str(bomb)], capsys)
     assert "too large to open safely" in line and "100,000,000 pixels" in line
 
 
 def test_a_missing_model_is_one_line_and_exit_2(tmp_path, capsys):
-    line = run(["--model", str(tmp_path / "no-model"), str(receipt(tmp_path))], capsys)
+    line = run(["--model", str(tmp_path / "no-model"), str(receipt(tmp_path))], capsys, code=2)
     assert "no model directory here" in line and "models:/receipt-llava@champion" in line
 
 

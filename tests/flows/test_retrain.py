@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import make_project, small_params, trainer_pids, updated, write_params
+from tests.conftest import git_env, make_project, small_params, trainer_pids, updated, write_params
 
 pytestmark = pytest.mark.slow
 NAME = "receipt-llava"
@@ -129,7 +129,7 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     from tasks.data.dataset import load_dataset_dir
     from tasks.inference.generation import Settings
     from tasks.inference.reader import ReceiptReader
-    from tasks.score import input_digest, input_files
+    from tasks.score import input_digest, input_files, run_score
 
     images = load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"][:4]
     assert len(images) == 4
@@ -139,6 +139,9 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
         image.save(folder / ("later" if i == 3 else ".") / f"r{i}.png")
     (folder / "notes.txt").write_text("not a receipt")
     (folder / ".DS_Store").write_bytes(b"hidden: skipped")
+    outside = tmp_path / "secret.png"
+    images[0].save(outside)
+    (folder / "link.png").symlink_to(outside)  # leads out of the folder: refused, not read
     out = tmp_path / "scored"
 
     summary = score(str(folder), str(out), None, str(project))
@@ -146,12 +149,18 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert [x["file"] for x in lines] == [
         "later/r3.png",
+        "link.png",
         "notes.txt",
         "r0.png",
         "r1.png",
         "r2.png",
     ]
-    assert lines[1]["error"].startswith("notes.txt: not a readable image")
+    assert lines[1]["error"] == f"link.png: a symbolic link (to {outside}), not followed"
+    assert lines[1]["sha256"] is None  # never opened
+    assert lines[2]["error"] == (
+        "notes.txt: not a readable image (UnidentifiedImageError: cannot identify image file "
+        "<_io.BytesIO>)"
+    )  # the same words every time: no object address
     champion = client.get_model_version_by_alias(NAME, "champion")
     assert {x["model_version"] for x in lines} == {champion.version}
     settings = Settings.from_params(load_params(project / "params.yaml"))
@@ -163,7 +172,9 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     assert [x["raw"] for x in read] == [e["raw"] for e in expected]
     assert [x["json"] for x in read] == [e["json"] for e in expected]
     assert all(
-        x["sha256"] == hashlib.sha256((folder / x["file"]).read_bytes()).hexdigest() for x in lines
+        x["sha256"] == hashlib.sha256((folder / x["file"]).read_bytes()).hexdigest()
+        for x in lines
+        if x["file"] != "link.png"
     )
 
     recorded = json.loads((out / "score.json").read_text())
@@ -171,12 +182,22 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     assert recorded["model"]["version"] == champion.version
     assert recorded["model"]["model_digest"] == champion.tags["model_digest"]
     assert recorded["input"]["sha256"] == input_digest(folder, input_files(folder))
-    assert (recorded["scored"], recorded["errors"], recorded["input"]["files"]) == (4, 1, 5)
+    assert (recorded["scored"], recorded["errors"], recorded["input"]["files"]) == (4, 2, 6)
+
+    # a rerun with the same model reuses every answer (by content sha256 + model digest),
+    # and --force scores them again, to the same answers
+    again = run_score(folder, out, NAME, None, project)
+    assert (again["scored"], again["reused"]) == (4, 4) and again["seconds"] < 10
+    assert (out / "predictions.jsonl").read_text().splitlines() == [
+        json.dumps(x, ensure_ascii=False) for x in lines
+    ]
+    forced = run_score(folder, out, NAME, None, project, force=True)
+    assert forced["reused"] == 0 and [x["raw"] for x in forced["rows"]] == [
+        x.get("raw") for x in lines
+    ]
     assert recorded["model"]["json_schema"] is False  # the version's default (params.yaml)
 
     # asked for CORD's schema: the constrained answers, recorded as such
-    from tasks.score import run_score
-
     held = run_score(folder, tmp_path / "held", NAME, None, project, json_schema=True)
     assert held["model"]["json_schema"] is True
     reader = ReceiptReader(project / "artifacts" / "merged", settings)
@@ -192,6 +213,49 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
     assert f"models:/{NAME}/{champion.version}" in (table.description or "")
     progress: Any = Artifact.get("receipt-scoring-progress")
     assert progress is not None and float(progress.data) == 100.0
+
+
+def test_ctrl_c_stops_scoring_in_seconds_with_one_line_and_a_rerun_resumes(
+    project, client, tmp_path
+):
+    """SIGINT while `make score`'s code runs: out within 10 s, one line and no traceback, no
+    output replaced, the answers so far kept; the next run reuses them."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tasks.data.dataset import load_dataset_dir
+    from tasks.score import partial_path, run_score
+
+    folder, out = tmp_path / "inbox", tmp_path / "scored"
+    folder.mkdir()
+    for i, image in enumerate(load_dataset_dir(project / "artifacts" / "dataset")["test"]["image"]):
+        for turn in range(6):  # 24 files, 3 batches
+            image.rotate(turn * 0.5).save(folder / f"r{i}-{turn}.png")
+    cmd = [sys.executable, "-m", "tasks.score", "--dir", str(folder), "--score", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=project, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    partial = partial_path(out)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - asked < 10
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    kept = len(partial.read_text().splitlines())
+    assert err.strip().splitlines()[-1] == (
+        f"score: interrupted; {kept} answers kept in {partial} for the next run"
+    )
+    assert 8 <= kept < 24 and not out.exists()  # nothing half-written, the work kept
+    resumed = run_score(folder, out, NAME, None, project)
+    assert resumed["reused"] >= 8 and resumed["scored"] == 24 and not partial.exists()
 
 
 def test_new_data_gets_its_own_version_and_each_version_restores_its_data(project, client):

@@ -87,14 +87,11 @@ def test_a_rambling_base_held_to_the_schema_closes_within_a_longer_budget(
 
 def test_a_version_answers_with_its_registered_json_schema_default_unless_asked():
     """The registered signature's `json_schema` default decides, and a request overrides it."""
-    from types import SimpleNamespace
-
-    from mlflow.models import Model
 
     from tasks.predict import served_json_schema
     from tasks.register import _signature
 
     for default in (False, True):
-        version = SimpleNamespace(metadata=Model(signature=_signature(default)))
-        assert served_json_schema(version, None) is default
-        assert served_json_schema(version, not default) is (not default)
+        signature = _signature(default)
+        assert served_json_schema(signature, None) is default
+        assert served_json_schema(signature, not default) is (not default)

@@ -119,15 +119,25 @@ def test_predict_cli_on_the_sample_receipt(merged_dir, tmp_path):
         and isinstance(row["json"], dict)
         and isinstance(row["valid_json"], bool)
     )
+    # one bad file among good ones: a line for every file, in order, and exit 1
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n")
-    err = subprocess.run(
-        [sys.executable, "-m", "tasks.predict", "--model", str(merged_dir), str(bad)],
+    mixed = subprocess.run(
+        [sys.executable, "-m", "tasks.predict", "--model", str(merged_dir)]
+        + [str(image), str(bad), str(image)],
         capture_output=True,
         text=True,
         cwd=REPO,
     )
-    assert err.returncode == 2 and "broken.png: not a readable image" in err.stderr
+    rows = [json.loads(line) for line in mixed.stdout.strip().splitlines()]
+    assert mixed.returncode == 1 and "Traceback" not in mixed.stderr
+    assert [r["image"] for r in rows] == [str(image), str(bad), str(image)]
+    assert "json" in rows[0] and "json" in rows[2] and rows[0]["json"] == rows[2]["json"]
+    assert rows[1] == {
+        "image": str(bad),
+        "error": f"{bad}: not a readable image (SyntaxError: broken PNG file)",
+    } or ("not a readable image" in rows[1]["error"] and "0x" not in rows[1]["error"])
+    assert f"predict: {bad}: not a readable image" in mixed.stderr
 
 
 def test_the_review_page_shows_every_receipt_worst_first_in_a_real_browser(

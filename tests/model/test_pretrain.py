@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from tasks.build_base import READER, check_reader
+from tasks.build_base import check_reader
 from tasks.core.config import load_params
 from tasks.data.sources.render import CELL
 from tasks.reader.build import build_tiny
@@ -66,7 +66,7 @@ def test_the_shipped_base_matches_params_and_reads_held_out_pages():
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     params = load_params(REPO / "params.yaml")
-    reader = REPO / READER
+    reader = REPO / small_params().paths.reader
     check_reader(params, reader)  # raises unless pretrain.json's digest is params.yaml's
     assert (reader / "model.safetensors").stat().st_size <= 25 * 2**20
     pages = eval_pages(params.pretrain.model_copy(update={"eval_pages": 8, "seed": 12345}))

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tasks.build_base import READER, run_build_base
+from tasks.build_base import run_build_base
 from tasks.core.config import load_params
 from tasks.evaluate import run_evaluate
 from tasks.gate import decide
@@ -49,7 +49,7 @@ def project(tmp_path_factory):
     p.gate = p.gate.model_copy(update={"min_json_valid_rate": MIN_JSON_VALID})
     run_data(p.data, root / "data")
     run_ingest(p.ingest, root / "data", root / "dataset")
-    run_build_base(p, root / "dataset", root / "base", REPO / READER)
+    run_build_base(p, root / "dataset", root / "base", REPO / p.paths.reader)
     return p, root
 
 
