@@ -117,7 +117,7 @@ def cases(tmp):
         ("tasks.ingest", [*P, "--data", missing], [missing]),
         ("tasks.validate", [*P, "--dataset", missing], [missing]),
         ("tasks.build_base", [*P, "--dataset", missing], [missing]),
-        ("tasks.train", [*P, "--dataset", missing], [missing]),
+        ("tasks.train", [*P, "--dataset", missing, "--base", missing], [missing]),
         ("tasks.evaluate", [*P, "--dataset", missing], [missing]),
         ("tasks.gate", [*P, "--metrics", missing], [missing]),
         ("tasks.merge", [*P, "--adapter", missing], [missing]),

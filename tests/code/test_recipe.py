@@ -102,10 +102,10 @@ def test_a_recipe_trains_on_the_data_it_names(tmp_path, monkeypatch):
     subprocess.run(["git", "commit", "-qm", "synthetic"], cwd=project, env=env, check=True)
     recipe = tmp_path / "hub.yaml"
     recipe.write_text(f"data:\n  source: hf:{hub}\n")
-    cmd = [sys.executable, "-m", "tasks.recipe", str(recipe), "--params", "params.yaml"]
+    cmd = [sys.executable, "-m", "tasks.recipe", "--params", "params.yaml"]
 
     kept = subprocess.run(
-        [*cmd, "--keep-data"], cwd=project, env=env, capture_output=True, text=True
+        [*cmd, "--keep-data", str(recipe)], cwd=project, env=env, capture_output=True, text=True
     )
     assert kept.returncode == 2 and "Traceback" not in kept.stderr
     assert kept.stderr.strip() == (
@@ -116,7 +116,7 @@ def test_a_recipe_trains_on_the_data_it_names(tmp_path, monkeypatch):
 
     # refresh, then `dvc exp run` of the (stage-less) project
     done = subprocess.run(
-        [*cmd, "--", "--dry"], cwd=project, env=env, capture_output=True, text=True
+        [*cmd, str(recipe), "--", "--dry"], cwd=project, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"refreshed from hf:{hub}: 12 records" in done.stdout

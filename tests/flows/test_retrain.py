@@ -192,7 +192,7 @@ def test_batch_scoring_reads_a_folder_with_the_champion_and_names_what_it_cannot
         json.dumps(x, ensure_ascii=False) for x in lines
     ]
     forced = run_score(folder, out, NAME, None, project, force=True)
-    assert forced["reused"] == 0 and [x["raw"] for x in forced["rows"]] == [
+    assert forced["reused"] == 0 and [x.get("raw") for x in forced["rows"]] == [
         x.get("raw") for x in lines
     ]
     assert recorded["model"]["json_schema"] is False  # the version's default (params.yaml)

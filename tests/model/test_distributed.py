@@ -33,7 +33,7 @@ def test_two_process_ddp_training_shards_the_data(params, dataset_dir, base_dir,
         [sys.executable, "-m", "tasks.train", "--params", str(tmp_path / "params.yaml")]
         + ["--dataset", str(dataset_dir), "--base", str(base_dir)]
         + ["--adapter", str(out / "adapter"), "--checkpoints", str(out / "ckpt")]
-        + ["--summary", str(out / "train.json"), "--loss-csv", str(out / "loss.csv")],
+        + ["--train-summary", str(out / "train.json"), "--train-loss", str(out / "loss.csv")],
         env=git_env(),
         capture_output=True,
         text=True,
