@@ -123,6 +123,7 @@ def run_score(
     known = {} if force else earlier_answers(out_dir, digest, json_schema)
     stamp = {"model_version": mv.version, "model_digest": digest, "json_schema": json_schema}
     rows: list[dict[str, Any]] = []
+    partial_path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     with partial_path(out_dir).open("a") as journal:
         for start in range(0, len(entries), batch_size):
             batch = score_entries(model, entries[start : start + batch_size], json_schema, known)
