@@ -123,11 +123,9 @@ def _interrupted(out: str) -> None:
     import os
     import sys
 
-    from tasks.score import partial_path
+    from tasks.score import interrupted_line
 
-    kept = partial_path(out)
-    n = len(kept.read_text().splitlines()) if kept.is_file() else 0
-    print(f"score: interrupted; {n} answers kept in {kept} for the next run", file=sys.stderr)
+    print(interrupted_line(out), file=sys.stderr)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(130)

@@ -262,11 +262,16 @@ def main(argv: list[str] | None = None) -> None:
     cli.run("score", ap, body, argv)
 
 
-def interrupted(out_dir: str | Path) -> None:
-    """Ctrl-C: one line, the earlier outputs untouched, the answers so far kept for a rerun."""
+def interrupted_line(out_dir: str | Path) -> str:
+    """What Ctrl-C says: how many answers the partial file keeps for the next run."""
     kept = partial_path(out_dir)
     n = len(kept.read_text().splitlines()) if kept.is_file() else 0
-    print(f"score: interrupted; {n} answers kept in {kept} for the next run", file=sys.stderr)
+    return f"score: interrupted; {n} answers kept in {kept} for the next run"
+
+
+def interrupted(out_dir: str | Path) -> None:
+    """Ctrl-C: one line, the earlier outputs untouched, the answers so far kept for a rerun."""
+    print(interrupted_line(out_dir), file=sys.stderr)
     sys.exit(130)
 
 
