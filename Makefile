@@ -67,8 +67,8 @@ score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERS
 	@test -n "$(DIR)" || { echo "DIR=<folder of receipt images>"; exit 2; }
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION)) $(if $(JSON_SCHEMA),--json-schema) $(if $(FORCE),--force)
 
-serve: setup ## serve the champion over HTTP (mlflow models serve) on PORT (default 5001)
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(VENV)/bin/mlflow models serve -m models:/receipt-llava@champion --env-manager local -h 127.0.0.1 -p $(or $(PORT),5001)
+serve: setup ## serve the champion over HTTP (MLflow's scoring protocol) on PORT (default 5001)
+	$(PY) -m tasks.serve --port $(or $(PORT),5001)
 
 bench: setup ## CPU benchmark of the pipeline; rewrites its section of docs/benchmarks.md
 	$(PY) -m bench.cpu

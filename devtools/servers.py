@@ -10,7 +10,7 @@ bounded timeout, and is stopped (terminate, then kill) when its context exits.
 - `prefect_server`: `prefect server start` with its own PREFECT_HOME (SQLite).
 - `postgres`: a throwaway PostgreSQL cluster (initdb + pg_ctl from Debian's packages); when
   run as root the cluster belongs to the `postgres` user, as PostgreSQL refuses root.
-- `model_server`: `mlflow models serve` of a registered version (the champion), for the
+- `model_server`: `make serve` (or `mlflow models serve`) of a registered version, for the
   serving test and the README's curl line.
 - `mlflow_server`: `mlflow server` on a backend store (PostgreSQL or SQLite) with its
   artifact proxy (`--serve-artifacts`): clients log to `mlflow-artifacts:/`, the server
@@ -287,19 +287,26 @@ def model_server(
     cwd: Path | None = None,
     port: int | None = None,
     timeout: float = 180,
-) -> Iterator[str]:
-    """`mlflow models serve` of a registered version (e.g. `models:/receipt-llava@champion`)
-    in this environment (`--env-manager local`); yields its URL once /ping answers. `env`
-    carries MLFLOW_TRACKING_URI (the registry) and any artifact-store credentials."""
+    server: str = "tasks",
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A registered version (e.g. `models:/receipt-llava@champion`) served over HTTP in this
+    environment: `make serve`'s `python -m tasks.serve` (server="tasks"), or
+    `mlflow models serve --env-manager local --workers 1` (server="mlflow"). Yields the
+    process and its URL once /ping answers. `env` carries MLFLOW_TRACKING_URI (the
+    registry) and any artifact-store credentials."""
     port = port or free_port()
-    cmd = [bin_path("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    # it execs `uvicorn` by name: this environment's bin first on PATH
+    if server == "tasks":
+        cmd = [sys.executable, "-m", "tasks.serve", "--model", model_uri]
+    else:
+        cmd = [bin_path("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+        cmd += ["--workers", "1"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    # `mlflow models serve` execs `uvicorn` by name: this environment's bin first on PATH
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with spawn(cmd, log, {**os.environ, **QUIET, "PATH": path, **env}, cwd=cwd) as proc:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/ping", proc, timeout, log)
-        yield url
+        yield proc, url
 
 
 @contextlib.contextmanager

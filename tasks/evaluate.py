@@ -3,7 +3,9 @@
 The adapter is evaluated on a full-precision base (what merge will produce, within ~1e-6
 in logits), not on the 4-bit training base. The untrained base is the same model with
 the adapter switched off. Writes reports/metrics.json (a DVC metric, with `base_*`),
-reports/predictions.jsonl and a per-field breakdown.
+reports/predictions.jsonl (with each answer's confidence and warnings) and a per-field breakdown.
+The low-confidence threshold is picked on the validation split's answers and recorded in the
+metrics (`confidence_threshold`); registration logs it with the model.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from tasks.core import cli
 from tasks.core.config import Params
 from tasks.core.io import write_json_atomic, write_text_atomic
 from tasks.core.progress import reporter
-from tasks.data.receipt_json import parse_target
+from tasks.evaluation.calibration import pick_threshold, receipt_f1, warned_split
 from tasks.evaluation.metrics import per_field, score
-from tasks.inference.generation import Settings, answers
+from tasks.inference.confidence import judged
+from tasks.inference.generation import Settings, answers, scored_answers
 from tasks.model.modeling import (
     fit_images,
     load_model,
@@ -64,7 +67,8 @@ def run_evaluate(
     from tasks.data.dataset import load_dataset_dir
 
     e = params.evaluate
-    test = load_dataset_dir(dataset_dir)["test"]
+    splits = load_dataset_dir(dataset_dir)
+    test = splits["test"]
     if e.limit:
         test = test.select(range(min(e.limit, len(test))))
     images, gts = list(test["image"]), [json.loads(t) for t in test["target"]]
@@ -72,27 +76,27 @@ def run_evaluate(
     settings = Settings.from_params(params)
     start = time.perf_counter()
     ocr = list(test["ocr"]) if settings.ocr_prompt else None
-    tuned = answers(model, processor, images, settings, ocr, reporter("evaluate: fine-tuned"))
+    tuned_scored = scored_answers(
+        model, processor, images, settings, ocr, reporter("evaluate: fine-tuned")
+    )
+    tuned = [a.text for a in tuned_scored]
     tuned_seconds = time.perf_counter() - start
+    calibration = pick_on_validation(model, processor, splits["validation"], settings, e)
     with model.disable_adapter():
         base = answers(model, processor, images, settings, ocr, reporter("evaluate: base"))
     metrics: dict[str, float | None] = {k: round(float(v), 4) for k, v in score(tuned, gts).items()}
     metrics |= {f"base_{k}": round(float(v), 4) for k, v in score(base, gts).items() if k != "n"}
     metrics["samples_per_second"] = round(len(images) / tuned_seconds, 3) if tuned_seconds else None
-    write_json_atomic(metrics_path, metrics)
     rows = [
-        {
-            "id": rid,
-            "target": tgt,
-            "prediction": out,
-            "parsed": parse_target(out),
-            "base_prediction": b,
-            "ocr": o,
-        }
+        {"id": rid, "target": tgt, "prediction": out.text, "base_prediction": b, "ocr": o}
+        | _judged_row(out, o, calibration["confidence_threshold"])
         for rid, tgt, out, b, o in zip(
-            test["id"], test["target"], tuned, base, ocr or [None] * len(tuned), strict=True
+            test["id"], test["target"], tuned_scored, base, ocr or [None] * len(tuned), strict=True
         )
     ]
+    f1s = [receipt_f1(r["parsed"], gt) for r, gt in zip(rows, gts, strict=True)]
+    metrics |= calibration | warned_split(f1s, [bool(r["warnings"]) for r in rows])
+    write_json_atomic(metrics_path, metrics)
     write_text_atomic(
         predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     )
@@ -107,6 +111,27 @@ def run_evaluate(
         ]
         write_text_atomic(review_path, render_review(shown, metrics, fields))
     return metrics
+
+
+def pick_on_validation(model, processor, validation, settings: Settings, e) -> dict[str, Any]:
+    """The fine-tuned model's answers on the validation split, and the low-confidence
+    threshold picked on them (tasks.evaluation.calibration)."""
+    ocr = list(validation["ocr"]) if settings.ocr_prompt else None
+    found = scored_answers(
+        model, processor, list(validation["image"]), settings, ocr, reporter("evaluate: validation")
+    )
+    gts = [json.loads(t) for t in validation["target"]]
+    judged_rows = [judged(a, None, None) for a in found]
+    return pick_threshold(
+        [r["confidence"]["mean_logprob"] for r in judged_rows],
+        [receipt_f1(r["json"], gt) for r, gt in zip(judged_rows, gts, strict=True)],
+        e.confidence,
+    )
+
+
+def _judged_row(answer, ocr: str | None, threshold: float) -> dict[str, Any]:
+    j = judged(answer, ocr, threshold)
+    return {"parsed": j["json"], "confidence": j["confidence"], "warnings": j["warnings"]}
 
 
 def main(argv: list[str] | None = None) -> None:

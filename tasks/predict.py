@@ -3,7 +3,10 @@
     python -m tasks.predict --model artifacts/merged receipt.png [more.png ...]
     python -m tasks.predict --model models:/receipt-llava@champion receipt.png
 
-One JSON line per file, in order: its answer, or the reason it is no readable image. Exit
+One JSON line per file, in order: its answer (with its confidence and any warnings), or the
+reason it is no readable image. A registered version warns under its own low-confidence
+threshold; a model directory under `--min-confidence`, which for the pipeline's own
+(paths.merged) defaults to the one its evaluation recorded (paths.metrics). Exit
 code 1 when any file could not be read, 2 for a usage error (bad params, no such model).
 """
 
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core import cli
+from tasks.core.io import read_json
 from tasks.inference.generation import Settings
 from tasks.inference.reader import BadImage, BadModel, ReceiptReader, open_image
 
@@ -80,15 +84,17 @@ def _read_registered(uri: str, paths: list[str], json_schema: bool | None) -> li
         params={"json_schema": held} if json_schema is not None else None,
     )
     return [
-        {"json": json.loads(j), "valid_json": bool(v), "raw": r, "warnings": json.loads(w)}
-        for j, v, r, w in zip(
-            frame["json"], frame["valid_json"], frame["raw"], frame["warnings"], strict=True
-        )
+        {k: json.loads(a[k]) if k in ("json", "confidence", "warnings") else a[k] for k in ANSWER}
+        | {"valid_json": bool(a["valid_json"])}
+        for a in frame.to_dict("records")
     ]
 
 
+ANSWER = ("json", "valid_json", "raw", "confidence", "warnings")  # the pyfunc's columns
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = cli.parser(__doc__, paths=("merged",))
+    ap = cli.parser(__doc__, paths=("merged", "metrics"))
     ap.add_argument(
         "--model",
         default=None,
@@ -100,6 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="hold answers to CORD's JSON schema (default: the params' or the version's)",
     )
+    ap.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="a model directory's low-confidence threshold (mean value log-probability)",
+    )
     ap.add_argument("images", nargs="+")
     cli.run("predict", ap, _predict, argv)
 
@@ -107,13 +119,18 @@ def main(argv: list[str] | None = None) -> None:
 def _predict(a, p) -> None:
     """A JSON line per file on stdout (the answer, or `error`); warnings and failures also
     on stderr. Exit 1 when any file could not be read."""
-    rows = predict(a.model or a.merged, a.images, Settings.from_params(p), a.json_schema)
+    threshold = a.min_confidence
+    own = Path(a.model or a.merged).resolve() == Path(a.merged).resolve()
+    if threshold is None and own and Path(a.metrics).is_file():
+        threshold = read_json(a.metrics).get("confidence_threshold")  # what evaluate picked
+    settings = Settings.from_params(p).but(min_confidence=threshold)
+    rows = predict(a.model or a.merged, a.images, settings, a.json_schema)
     for r in rows:
         if "error" in r:
             print(f"predict: {r['error']}", file=sys.stderr)
             print(json.dumps({"image": r["image"], "error": r["error"]}, ensure_ascii=False))
             continue
-        row = {"image": r["image"], "json": r["json"], "valid_json": r["valid_json"]}
+        row = {k: r[k] for k in ("image", "json", "valid_json", "confidence")}
         if r["warnings"]:
             row["warnings"] = r["warnings"]
             print(f"predict: {r['image']}: warning: {'; '.join(r['warnings'])}", file=sys.stderr)

@@ -24,7 +24,7 @@ from tasks.core import cli
 from tasks.core.config import Params
 from tasks.core.digest import dotted, tree_digest
 from tasks.core.errors import MissingInput
-from tasks.core.io import write_json_atomic
+from tasks.core.io import read_json, write_json_atomic
 from tasks.inference.generation import Settings
 from tasks.registry import lineage
 
@@ -47,7 +47,7 @@ PIP_REQUIREMENTS = [
 
 
 def _signature(json_schema: bool):
-    """Image bytes in; JSON text, validity, raw text and warnings out. One request param:
+    """Image bytes in; JSON text, validity, raw text, confidence and warnings out. One request param:
     `json_schema` (constrained decoding), defaulting to what the version was evaluated with."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -59,6 +59,7 @@ def _signature(json_schema: bool):
                 ColSpec("string", "json"),
                 ColSpec("boolean", "valid_json"),
                 ColSpec("string", "raw"),
+                ColSpec("string", "confidence"),
                 ColSpec("string", "warnings"),
             ]
         ),
@@ -92,6 +93,8 @@ def run_register(
     repo, reports = Path(repo), Path(reports)
     r = params.register_
     artifact, artifacts, config = _what_to_log(params, merged_dir, adapter_dir)
+    # the low-confidence threshold evaluate picked on validation answers travels with the model
+    config["min_confidence"] = read_json(reports / "metrics.json").get("confidence_threshold")
     client = setup(r.experiment, repo)
     tags = lineage.collect(repo, params.digest(), params.paths.data)
     digest = model_digest(next(iter(artifacts.values())), config)

@@ -4,7 +4,7 @@
 
 Every entry under the folder (hidden ones aside, subfolders included, in sorted order) gets one
 line in `<out>/predictions.jsonl`: the answer of the registered pyfunc (the same code that
-`mlflow models serve` runs), or the reason it was not read. Only regular files inside the
+`make serve` runs), with its confidence and warnings, or the reason it was not read. Only regular files inside the
 folder are read: a symbolic link (wherever it points) or a special file is refused by name.
 Nothing is dropped. `<out>/score.json` records the model (name, version, run, digest) and the
 input's hash (sha256 over each file's relative path and content), so a scoring can be traced
@@ -92,7 +92,7 @@ def earlier_answers(out_dir: str | Path, digest: str | None, json_schema: bool) 
             except json.JSONDecodeError:  # a line cut short by the interruption
                 continue
             same = row.get("model_digest") == digest and row.get("json_schema") == json_schema
-            if same and row.get("error") is None and "json" in row:
+            if same and row.get("error") is None and all(k in row for k in ANSWER):
                 found[row["sha256"]] = row
     return found
 
@@ -217,13 +217,14 @@ def score_entries(model, entries, json_schema: bool, known: dict) -> list[dict[s
                 json=json.loads(a["json"]),
                 valid_json=bool(a["valid_json"]),
                 raw=a["raw"],
+                confidence=json.loads(a["confidence"]),
                 warnings=json.loads(a["warnings"]),
                 error=None,
             )
     return rows
 
 
-ANSWER = ("json", "valid_json", "raw", "warnings")
+ANSWER = ("json", "valid_json", "raw", "confidence", "warnings")
 
 
 def main(argv: list[str] | None = None) -> None:

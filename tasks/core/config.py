@@ -210,6 +210,15 @@ class TrainParams(_Section):
         return self
 
 
+class ConfidenceParams(_Section):
+    # A validation answer counts as right at this per-receipt field F1 or above.
+    right_f1: float = Field(ge=0, le=1)
+    # The right answers are the reference when there are at least this many; else all answers.
+    min_right: int = Field(ge=1)
+    # The warning threshold leaves this share of the reference validation answers unwarned.
+    keep: float = Field(gt=0, le=1)
+
+
 class EvaluateParams(_Section):
     batch_size: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)
@@ -218,6 +227,8 @@ class EvaluateParams(_Section):
     # Hold generation to CORD's JSON schema (tasks.inference.constrained): evaluate, the gate, and the
     # registered model's default (a request or `make score` may ask otherwise).
     json_schema: bool
+    # How the low-confidence threshold is picked on the validation split (tasks.evaluation.calibration).
+    confidence: ConfidenceParams
 
 
 class GateParams(_Section):
@@ -246,6 +257,11 @@ class RemoteParams(_Section):
     # (0 = never), so that a retried run resumes from it on any host. Pushes happen on the
     # Trainer's saves (train.args.save_steps).
     checkpoint_every: int = Field(ge=0)
+
+
+class ServeParams(_Section):
+    # `make serve` (tasks.serve): a request body larger than this is refused with 413
+    max_request_mb: float = Field(gt=0)
 
 
 class PathsParams(_Section):
@@ -287,6 +303,7 @@ class Params(_Section):
     gate: GateParams
     register_: RegisterParams = Field(alias="register")
     remote: RemoteParams
+    serve: ServeParams
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -26,7 +26,7 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}
 .receipt{display:flex;gap:24px;border-top:2px solid #888;padding:16px 0}
 .receipt img{max-width:320px;border:1px solid #ccc}
 tr.diff td{background:#fde2e2}tr.same td{background:#e6f4e6}
-.score{font-weight:bold}pre{background:#f7f7f7;padding:6px;white-space:pre-wrap;max-width:640px}
+.score{font-weight:bold}.warn{color:#a40000}pre{background:#f7f7f7;padding:6px;white-space:pre-wrap;max-width:640px}
 """
 
 
@@ -66,6 +66,34 @@ def _table(head: list[str], rows: list[list[Any]], attrs: list[str] | None = Non
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
+def _confidence_note(metrics: dict[str, Any]) -> str:
+    """The low-confidence threshold, what it was picked on, and what it did on this split."""
+    if "confidence_threshold" not in metrics:
+        return ""
+    m = metrics
+    return (
+        "<h2>Warnings</h2><p>Low-confidence threshold (mean value-token log-probability): "
+        f"<b>{m['confidence_threshold']}</b>, picked on {m.get('validation_n')} validation "
+        f"receipts ({m.get('validation_right')} answered right; the reference: "
+        f"{'the right answers' if m.get('confidence_basis') else 'every answer'}). On these test receipts "
+        f"{m.get('warned_rate', 0):.0%} of the answers carry a warning; mean field F1 of the "
+        f"warned {m.get('f1_warned')}, of the unwarned {m.get('f1_unwarned')}.</p>"
+    )
+
+
+def _answer_note(r: dict[str, Any]) -> str:
+    """The answer's confidence and its warnings (none: a line saying so)."""
+    if "confidence" not in r:
+        return ""
+    c = r["confidence"]
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in r.get("warnings", []))
+    return (
+        f"<p>confidence: mean {c.get('mean_logprob')}, min {c.get('min_logprob')} over "
+        f"{c.get('value_tokens')} value tokens</p>"
+        + (f'<ul class="warn">{items}</ul>' if items else "<p>no warnings</p>")
+    )
+
+
 def render_review(
     records: list[dict[str, Any]],
     metrics: dict[str, Any],
@@ -73,7 +101,8 @@ def render_review(
     title: str = "receipt-llava: test receipts, worst first",
 ) -> str:
     """records: id, image (PIL), target (gt_parse dict), prediction (raw text), parsed (dict),
-    and with OCR grounding `ocr` (the lines the prompt carried)."""
+    and with OCR grounding `ocr` (the lines the prompt carried); `confidence` and `warnings`
+    when the answers were judged (tasks.inference.confidence)."""
     scored = sorted(
         ({**r, "ted": ted_accuracy(r["parsed"], r["target"])} for r in records),
         key=lambda r: (r["ted"], r["id"]),
@@ -91,7 +120,9 @@ def render_review(
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
         f"<p>{len(records)} receipts. Highlighted rows differ from the ground truth.</p>",
-        f"<h2>Metrics</h2>{summary}<h2>Per field</h2>{breakdown}",
+        f"<h2>Metrics</h2>{summary}",
+        _confidence_note(metrics),
+        f"<h2>Per field</h2>{breakdown}",
     ]
     for r in scored:
         rows = field_rows(r["parsed"], r["target"])
@@ -104,7 +135,7 @@ def render_review(
             f'<section class="receipt" data-id="{html.escape(r["id"])}">'
             f"<div>{_img_tag(r['image'])}</div><div>"
             f"<h2>{html.escape(r['id'])} · TED accuracy "
-            f'<span class="score">{r["ted"]:.3f}</span></h2>{table}'
+            f'<span class="score">{r["ted"]:.3f}</span></h2>{_answer_note(r)}{table}'
             f"<details><summary>raw answer</summary><pre>{html.escape(r['prediction'])}</pre>"
             f"</details><details><summary>expected JSON</summary><pre>"
             f"{html.escape(json.dumps(r['target'], ensure_ascii=False, indent=1))}</pre></details>"

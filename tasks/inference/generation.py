@@ -3,7 +3,8 @@
 
 `Settings` carries everything that changes an answer besides the weights: the prompt, the
 token budget, the batch (left padding depends on it), the dtype and attention rules, and
-whether generation is held to CORD's JSON schema (`tasks.inference.constrained`). It
+whether generation is held to CORD's JSON schema (`tasks.inference.constrained`), and the
+confidence under which an answer is warned about (`tasks.inference.confidence`). It
 is built from params for evaluate and the gate, and logged as the pyfunc's model_config at
 registration, so a registered model answers as it did when it was evaluated.
 """
@@ -33,6 +34,9 @@ class Settings:
     json_schema: bool
     # OCR grounding: the receipt's OCR lines follow the image in the prompt (tasks.inference.ocr).
     ocr_prompt: bool
+    # Answers whose mean value-token log-probability is under this get a warning
+    # (tasks.inference.confidence); picked on validation receipts by evaluate, set at registration.
+    min_confidence: float | None = None
 
     @classmethod
     def from_params(cls, params: Params) -> Settings:
@@ -49,7 +53,7 @@ class Settings:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
         """From a pyfunc's model_config (what `as_config` logged); extra keys are ignored."""
-        return cls(**{k: config[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: config[k] for k in cls.__dataclass_fields__ if k in config})
 
     def but(self, **changes: Any) -> Settings:
         """These settings with some changed (e.g. `json_schema` for one request)."""
@@ -77,6 +81,18 @@ def prompts_for(images: list, s: Settings, ocr: list[str] | None = None) -> list
     return [instruction(s.prompt, o or "") for o in ocr]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A generated answer: its text and, per generated token up to the end of the answer, its
+    id, the piece of text it added and the model's log-probability of it (before any
+    constraint: the model's own belief)."""
+
+    text: str
+    logprobs: tuple[float, ...]
+    pieces: tuple[str, ...]
+    ids: tuple[int, ...] = ()
+
+
 def answers(
     model,
     processor,
@@ -87,7 +103,19 @@ def answers(
 ) -> list[str]:
     """The model's answers for these images under settings s (`ocr`: their OCR text, when
     already read); `progress(done, total)` after each batch."""
-    return generate(
+    return [a.text for a in scored_answers(model, processor, images, s, ocr, progress)]
+
+
+def scored_answers(
+    model,
+    processor,
+    images: list,
+    s: Settings,
+    ocr: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Answer]:
+    """`answers`, each with its tokens' log-probabilities."""
+    return generate_scored(
         model,
         processor,
         images,
@@ -99,8 +127,13 @@ def answers(
     )
 
 
+def generate(model, processor, images: list, prompt: str | list[str], *args, **kw) -> list[str]:
+    """The decoded answers only (see `generate_scored`)."""
+    return [a.text for a in generate_scored(model, processor, images, prompt, *args, **kw)]
+
+
 @torch.inference_mode()
-def generate(
+def generate_scored(
     model,
     processor,
     images: list,
@@ -110,10 +143,10 @@ def generate(
     json_schema: bool = False,
     schema_backend: str = "llguidance",
     progress: Callable[[int, int], None] | None = None,
-) -> list[str]:
-    """Greedy, batched, left-padded generation; returns the decoded answers only. `prompt` is
-    one user text for every image, or one per image. With `json_schema`, every step is held
-    to CORD's JSON schema (tasks.inference.constrained) by Outlines' `schema_backend`."""
+) -> list[Answer]:
+    """Greedy, batched, left-padded generation. `prompt` is one user text for every image, or
+    one per image. With `json_schema`, every step is held to CORD's JSON schema
+    (tasks.inference.constrained) by Outlines' `schema_backend`."""
     from transformers import LogitsProcessorList
 
     processor.tokenizer.padding_side = "left"
@@ -128,7 +161,7 @@ def generate(
         schema = json_schema_processor(model, processor, schema_backend)
         budget = CloseWithinBudget(processor.tokenizer, max_new_tokens)
         constrained = LogitsProcessorList([schema, budget])
-    outputs: list[str] = []
+    outputs: list[Answer] = []
     for i in range(0, len(images), batch_size):
         chunk = [im.convert("RGB") for im in images[i : i + batch_size]]
         chunk_texts = [prompt_text(processor, t) for t in texts[i : i + batch_size]]
@@ -149,9 +182,31 @@ def generate(
                 do_sample=False,
                 pad_token_id=processor.tokenizer.pad_token_id,
                 logits_processor=constrained,
+                return_dict_in_generate=True,
+                output_logits=True,  # the model's own, unconstrained
             )
-        answers = out[:, enc["input_ids"].shape[1] :]
-        outputs += processor.tokenizer.batch_decode(answers, skip_special_tokens=True)
+        # log-probability of each chosen token under the raw logits
+        logprobs = model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
+        new_tokens = out.sequences[:, enc["input_ids"].shape[1] :]
+        outputs += [
+            _answer(processor.tokenizer, ids.tolist(), lp.tolist())
+            for ids, lp in zip(new_tokens, logprobs, strict=True)
+        ]
         if progress is not None:
             progress(len(outputs), len(images))
-    return [o.strip() for o in outputs]
+    return outputs
+
+
+def _answer(tokenizer, ids: list[int], logprobs: list[float]) -> Answer:
+    """The answer up to its first end-of-sequence token (the rest of the row is padding)."""
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    end = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+    ids, logprobs = ids[:end], logprobs[:end]
+    pieces = []
+    for k in range(len(ids)):
+        # a few tokens of context: word-initial spaces and multi-byte characters decode right
+        ctx = ids[max(0, k - 4) : k]
+        before = tokenizer.decode(ctx, skip_special_tokens=True)
+        pieces.append(tokenizer.decode(ctx + [ids[k]], skip_special_tokens=True)[len(before) :])
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return Answer(text.strip(), tuple(logprobs), tuple(pieces), tuple(ids))

@@ -15,7 +15,8 @@ from PIL import Image, ImageStat, UnidentifiedImageError
 
 from tasks.core.errors import UserError
 from tasks.core.io import MAX_IMAGE_PIXELS  # importing it sets Pillow's limit
-from tasks.inference.generation import Settings, answers
+from tasks.inference.confidence import judged
+from tasks.inference.generation import Settings, scored_answers
 
 
 class BadImage(UserError):
@@ -104,23 +105,20 @@ class ReceiptReader:
         self, images: list[Image.Image], json_schema: bool | None = None
     ) -> list[dict[str, Any]]:
         """gt_parse dicts for the images; `json_schema` overrides the settings' for this call."""
-        from tasks.data.receipt_json import is_valid_json, parse_target
         from tasks.inference.ocr import ocr_text
 
         s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
         ocr = [ocr_text(im) for im in images] if s.ocr_prompt else None
-        outputs = answers(self.model, self.processor, images, s, ocr)
+        outputs = scored_answers(self.model, self.processor, images, s, ocr)
         texts: list[str | None] = list(ocr) if ocr is not None else [None] * len(images)
-        return [
-            {
-                "json": parse_target(o),
-                "valid_json": is_valid_json(o),
-                "raw": o,
-                "warnings": receipt_warnings(im)
-                + (["OCR found no text: the answer rests on the image alone"] if t == "" else []),
-            }
-            for o, im, t in zip(outputs, images, texts, strict=True)
-        ]
+        rows = []
+        for o, im, t in zip(outputs, images, texts, strict=True):
+            row = judged(o, t, s.min_confidence)
+            about_input = receipt_warnings(im) + (
+                ["OCR found no text: the answer rests on the image alone"] if t == "" else []
+            )
+            rows.append(row | {"warnings": about_input + row["warnings"]})
+        return rows
 
 
 def _plain(exc: BaseException) -> str:

@@ -3,8 +3,10 @@
 Logged from this file (`python_model="tasks/inference/serving.py"`): a pyfunc class defined in
 __main__ does not pickle. Input: a DataFrame with an `image` column of PNG/JPEG bytes
 (base64 strings over `mlflow models serve`'s JSON). Output: `json` (the parsed receipt as
-JSON text), `valid_json`, `raw` (the model's text) and `warnings` (a JSON list: why the input
-may be far from a receipt, e.g. nearly blank). A row that is no image (not base64, not a
+JSON text), `valid_json`, `raw` (the model's text), `confidence` (JSON: the mean and minimum
+log-probability of the answer's value tokens) and `warnings` (a JSON list: why the input may be
+far from a receipt, e.g. nearly blank, and why the answer may be wrong: invalid JSON, confidence
+under the threshold registered with the version, an amount not in the OCR text). A row that is no image (not base64, not a
 picture, beyond the pixel limit) fails the whole request with an MlflowException naming each
 bad row and why: HTTP 400 from the scoring server, which goes on serving. One request
 param, `json_schema` (`"params": {"json_schema": true}` beside `dataframe_split`), holds the
@@ -71,7 +73,8 @@ class ReceiptModel(PythonModel):
                 "json": [json.dumps(r["json"], ensure_ascii=False) for r in rows],
                 "valid_json": [r["valid_json"] for r in rows],
                 "raw": [r["raw"] for r in rows],
-                # far from a receipt (nearly blank, extreme aspect ratio): a JSON list, often []
+                "confidence": [json.dumps(r["confidence"]) for r in rows],
+                # about the input and about the answer (tasks.inference.confidence): a JSON list
                 "warnings": [json.dumps(r["warnings"]) for r in rows],
             }
         )

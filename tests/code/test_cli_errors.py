@@ -31,6 +31,7 @@ COMMANDS = [
     "tasks.lineage",
     "tasks.recipe",
     "tasks.summary",
+    "tasks.serve",
     "tasks.reader.pretrain",
     "tasks.inference.ocr",
     "flows.retrain",
@@ -151,13 +152,14 @@ def cases(tmp):
         ("tasks.recipe", [*P, missing, "--print"], [missing]),
         ("tasks.inference.ocr", [*P, "--data", missing], [missing]),
         ("tasks.summary", [*P, "--metrics", missing], [missing]),
+        ("tasks.serve", [*P, "--model", "models:/nope@champion"], ["models:/nope@champion"]),
         ("flows.retrain", [*P, "--source", "nope:x"], ["'nope:x'"]),
         ("flows.score", [*P, "--dir", missing], [missing]),
         ("flows.deploy", [*P, "--cron", "every day"], ["every day"]),
     ]
 
 
-@pytest.mark.parametrize("n", range(30))
+@pytest.mark.parametrize("n", range(31))
 def test_a_bad_input_is_one_line_naming_it(n, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     module, argv, named = cases(tmp_path)[n]
@@ -173,7 +175,7 @@ def test_every_case_is_run():
 
     with tempfile.TemporaryDirectory() as tmp:
         listed = cases(Path(tmp))
-    assert len(listed) == 30
+    assert len(listed) == 31
     assert {m for m, _, _ in listed} >= set(COMMANDS) - {"tasks.champion", "tasks.reader.pretrain"}
 
 

@@ -26,3 +26,18 @@ def test_the_closing_summary_is_a_table_of_before_after_and_the_gate(tmp_path, c
     ]
     assert "**Gate: FAILED**" in out
     assert out[-1] == "| json_valid_rate >= 0.9 | 0.540 | 0.900 | False |"
+
+
+def test_the_summary_says_how_many_answers_carry_warnings(tmp_path, capsys):
+    metrics = {"json_valid_rate": 0.54, "base_json_valid_rate": 0.0, "warned_rate": 0.25}
+    metrics |= {
+        "f1_warned": 0.1,
+        "f1_unwarned": 0.7,
+        "confidence_threshold": -0.4,
+        "validation_n": 45,
+    }
+    (tmp_path / "m.json").write_text(json.dumps(metrics))
+    main(["--metrics", str(tmp_path / "m.json"), "--gate", str(tmp_path / "none.json")])
+    said = capsys.readouterr().out
+    assert "Warnings on 25% of the fine-tuned answers" in said
+    assert "warned 0.100, unwarned 0.700" in said and "threshold -0.400" in said

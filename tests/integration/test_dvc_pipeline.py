@@ -3,6 +3,7 @@
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -95,9 +96,11 @@ def _png(image) -> str:
 def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_requests(
     project, tmp_path
 ):
-    """`mlflow models serve -m models:/receipt-llava@champion`: real receipts in (base64 PNG, the
-    pyfunc's signature), the answers of tasks.predict out; each bad request a 4xx naming the
-    row and the reason, and the server still serves afterwards."""
+    """`make serve` (tasks.serve, MLflow's scoring app) of models:/receipt-llava@champion: real
+    receipts in (base64 PNG, the pyfunc's signature), the answers of tasks.predict out, each
+    with its confidence and warnings; each bad request a 4xx naming the row and the reason
+    (a body over serve.max_request_mb: 413), and the server still serves afterwards; SIGTERM
+    stops it with exit 0 and no traceback."""
     import requests
     from PIL import Image
 
@@ -113,7 +116,8 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
     expected = ReceiptReader(project / "artifacts" / "merged", settings).read(images)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     uri = "models:/receipt-llava@champion"
-    with model_server(uri, tmp_path / "serve.log", env, cwd=project) as url:
+    log = tmp_path / "serve.log"
+    with model_server(uri, log, env, cwd=project) as (proc, url):
 
         def post(body: str | dict):
             data = body if isinstance(body, str) else json.dumps(body)
@@ -132,6 +136,8 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
         served = ok.json()["predictions"]
         assert [r["raw"] for r in served] == [e["raw"] for e in expected]
         assert [json.loads(r["json"]) for r in served] == [e["json"] for e in expected]
+        assert [json.loads(r["confidence"]) for r in served] == [e["confidence"] for e in expected]
+        assert [json.loads(r["warnings"]) for r in served] == [e["warnings"] for e in expected]
 
         # constrained decoding, asked per request: CORD's schema, valid JSON for every receipt
         held = post(frame(*map(_png, images)) | {"params": {"json_schema": True}})
@@ -156,10 +162,18 @@ def test_the_champion_served_over_http_answers_as_predict_and_refuses_bad_reques
             r = post(body)
             assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
             assert says in r.json()["message"], (case, r.json()["message"][:500])
+        limit = load_params(project / "params.yaml").serve.max_request_mb * 1_000_000
+        too_big = post(frame("A" * int(limit)))
+        assert too_big.status_code == 413, too_big.text[:300]
+        assert "serve.max_request_mb" in too_big.json()["message"]
         again = post(frame(good))  # still serving
         assert (
             again.status_code == 200 and again.json()["predictions"][0]["raw"] == served[0]["raw"]
         )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    said = log.read_text()
+    assert "Traceback" not in said and "serve: stopped (SIGTERM)" in said, said[-2000:]
 
 
 def test_a_second_repro_at_once_fails_on_dvc_lock_and_corrupts_nothing(project):

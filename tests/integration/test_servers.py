@@ -248,7 +248,10 @@ def test_model_version_lands_in_the_remote_registry_with_lineage(deployed_run, s
     answer = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(
         pd.DataFrame({"image": [image]})
     )
-    assert list(answer.columns) == ["json", "valid_json", "raw", "warnings"] and answer["raw"][0]
+    assert (
+        list(answer.columns) == ["json", "valid_json", "raw", "confidence", "warnings"]
+        and answer["raw"][0]
+    )
 
 
 def s3_keys(services, bucket: str, prefix: str = "") -> list[str]:

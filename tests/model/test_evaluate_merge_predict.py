@@ -9,9 +9,10 @@ import torch
 
 from tasks.data.dataset import load_dataset_dir
 from tasks.evaluate import load_for_inference, run_evaluate
-from tasks.inference.generation import Settings, generate
+from tasks.inference.generation import Settings, generate, generate_scored
 from tasks.inference.reader import BadImage, ReceiptReader, open_image
 from tasks.merge import run_merge
+from tasks.model.modeling import prompt_text
 from tests.conftest import CORD_SAMPLE, REPO, needs
 
 
@@ -41,6 +42,11 @@ def test_evaluate_reports_base_and_finetuned_metrics(
     test_ids = load_dataset_dir(dataset_dir)["test"]["id"]
     assert [r["id"] for r in rows] == test_ids and m["n"] == len(test_ids)
     assert all({"prediction", "parsed", "base_prediction", "target"} <= set(r) for r in rows)
+    # each answer judged; the warning threshold picked on the validation split, recorded
+    assert all({"confidence", "warnings"} <= set(r) for r in rows)
+    assert all(r["confidence"]["mean_logprob"] <= 0 for r in rows)
+    assert m["validation_n"] == len(load_dataset_dir(dataset_dir)["validation"])
+    assert m["confidence_threshold"] <= 0 and 0 <= m["warned_rate"] <= 1
 
 
 def test_merged_model_reads_exactly_like_the_adapter_model(
@@ -64,22 +70,24 @@ def test_the_served_pyfunc_answers_exactly_as_evaluate_did(
     params, dataset_dir, base_dir, trained, merged_dir, tmp_path
 ):
     """One scoring path: the pyfunc logged from tasks/inference/serving.py, with the model_config that
-    register logs, gives run_evaluate's predictions for the same model and images."""
+    register logs (the threshold evaluate picked included), gives run_evaluate's predictions,
+    confidences and warnings for the same model and images."""
     import io
 
     import mlflow.pyfunc
     import pandas as pd
 
-    run_evaluate(
+    metrics = run_evaluate(
         params, dataset_dir, base_dir, trained["adapter"], tmp_path / "m.json", tmp_path / "p.jsonl"
     )
-    lines = (tmp_path / "p.jsonl").read_text().splitlines()
-    evaluated = [json.loads(line)["prediction"] for line in lines]
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    evaluated = [r["prediction"] for r in rows]
     mlflow.pyfunc.save_model(
         tmp_path / "pyfunc",
         python_model=str(REPO / "tasks" / "inference" / "serving.py"),
         artifacts={"model": str(merged_dir)},
-        model_config=Settings.from_params(params).as_config(),
+        model_config=Settings.from_params(params).as_config()
+        | {"min_confidence": metrics["confidence_threshold"]},
         code_paths=[str(REPO / "tasks")],
     )
     frame = []
@@ -91,7 +99,10 @@ def test_the_served_pyfunc_answers_exactly_as_evaluate_did(
         pd.DataFrame({"image": frame})
     )
     assert list(served["raw"]) == evaluated
-    assert [json.loads(w) for w in served["warnings"]] == [[]] * len(frame)  # receipts, all
+    for c, r in zip(served["confidence"], rows, strict=True):  # merged vs adapter: ~1e-6 apart
+        assert json.loads(c) == pytest.approx(r["confidence"], abs=2e-4)
+    # synthetic receipts: nothing to say about the input, only about the answers
+    assert [json.loads(w) for w in served["warnings"]] == [r["warnings"] for r in rows]
 
 
 def test_open_image_errors_are_clear(tmp_path):
@@ -118,7 +129,20 @@ def test_predict_cli_on_the_sample_receipt(merged_dir, tmp_path):
         row["image"] == str(image)
         and isinstance(row["json"], dict)
         and isinstance(row["valid_json"], bool)
+        and row["confidence"]["mean_logprob"] <= 0
     )
+    # a threshold no answer reaches: the answer says it is unsure, on stdout and stderr
+    unsure = subprocess.run(
+        [sys.executable, "-m", "tasks.predict", "--model", str(merged_dir)]
+        + ["--min-confidence", "0.001", str(image)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    said = json.loads(unsure.stdout.strip().splitlines()[-1])
+    assert any(w.startswith("low confidence") for w in said["warnings"])
+    assert "warning: " in unsure.stderr and "low confidence" in unsure.stderr
     # one bad file among good ones: a line for every file, in order, and exit 1
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n")
@@ -182,3 +206,31 @@ def test_the_review_page_shows_every_receipt_worst_first_in_a_real_browser(
     seen = screenshot(review, tmp_path / "review.png")
     assert seen == {"receipts": len(ids), "images_loaded": len(ids), "console_errors": []}
     assert (tmp_path / "review.png").stat().st_size > 10_000
+
+
+def test_confidence_is_the_models_own_probability_of_its_answer(params, dataset_dir, merged_dir):
+    """The log-probability each generated token carries is what a plain forward pass over
+    the prompt and the answer gives that token (batched, left-padded generation included)."""
+    reader = ReceiptReader(merged_dir, Settings.from_params(params))
+    model, processor = reader.model, reader.processor
+    images = load_dataset_dir(dataset_dir)["test"]["image"][:3]
+    found = generate_scored(model, processor, images, params.ingest.prompt, 24, 3)
+    for image, answer in zip(images, found, strict=True):
+        assert answer.ids and len(answer.ids) == len(answer.logprobs) == len(answer.pieces)
+        assert "".join(answer.pieces).strip() == answer.text
+        enc = processor(
+            images=[image.convert("RGB")],
+            text=[prompt_text(processor, params.ingest.prompt)],
+            return_tensors="pt",
+        )
+        prompt_len = enc["input_ids"].shape[1]
+        ids = torch.cat([enc["input_ids"], torch.tensor([answer.ids])], dim=1)
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values=enc["pixel_values"],
+            ).logits
+        logp = torch.log_softmax(logits[0, prompt_len - 1 : -1].float(), dim=-1)
+        expected = logp.gather(1, torch.tensor(answer.ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(answer.logprobs), expected, atol=1e-3)

@@ -217,4 +217,7 @@ def test_the_whole_pipeline_runs_on_the_replica(which, request, tmp_path_factory
     pyfunc = mlflow.pyfunc.load_model(reg["model_uri"])
     png = (project / "data").rglob("*.png").__next__().read_bytes()
     frame = pyfunc.predict(pd.DataFrame({"image": [png]}))
-    assert list(frame.columns) == ["json", "valid_json", "raw", "warnings"] and len(frame) == 1
+    assert (
+        list(frame.columns) == ["json", "valid_json", "raw", "confidence", "warnings"]
+        and len(frame) == 1
+    )

@@ -8,13 +8,21 @@ fine-tuned tiny model gave one of two answers for every receipt: these tests fai
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tasks.build_base import run_build_base
 from tasks.core.config import load_params
+from tasks.data.dataset import load_dataset_dir
+from tasks.data.sources.cord import SHIPPED, read_annotations
+from tasks.data.sources.photo import render_photo
 from tasks.evaluate import run_evaluate
 from tasks.gate import decide
+from tasks.inference.generation import Settings
+from tasks.inference.reader import ReceiptReader, open_image
 from tasks.ingest import run_ingest
+from tasks.merge import run_merge
 from tasks.refresh_data import run_data
 from tasks.train import run_train
 from tests.conftest import REPO
@@ -40,7 +48,7 @@ def project(tmp_path_factory):
     # the prompt, batches drawn at random as when the figures above were measured.
     p.data.source = "synthetic"
     p.data.synthetic = p.data.synthetic.model_copy(
-        update={"train": TRAIN_RECORDS, "validation": 4, "test": TEST_RECORDS}
+        update={"train": TRAIN_RECORDS, "validation": 16, "test": TEST_RECORDS}
     )
     p.model = p.model.model_copy(update={"ocr_prompt": False})
     p.train.args = p.train.args.model_copy(
@@ -58,11 +66,12 @@ def finetune(p, root, steps: int, name: str) -> dict:
     p.train.args = p.train.args.model_copy(update={"max_steps": steps})
     out = root / name
     run_train(p, root / "dataset", root / "base", out / "adapter", out / "ckpt", out / "t.json")
+    # evaluate also picks the low-confidence threshold on the 16 validation receipts
     metrics = run_evaluate(
         p, root / "dataset", root / "base", out / "adapter", out / "m.json", out / "p.jsonl"
     )
     rows = [json.loads(line) for line in (out / "p.jsonl").read_text().splitlines()]
-    return {"metrics": metrics, "rows": rows}
+    return {"metrics": metrics, "rows": rows, "adapter": out / "adapter"}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +114,28 @@ def test_gate_refuses_an_undertrained_challenger_and_promotes_a_trained_one(proj
     assert promoted["passed"]
     primary = p.gate.primary_metric
     assert good[primary] - bad[primary] >= p.gate.min_improvement
+
+
+def test_noise_and_foreign_receipts_are_warned_about_and_clean_ones_are_not(
+    project, trained, tmp_path
+):
+    """Every answer carries its confidence and warnings. With the threshold evaluate picked on
+    the validation receipts (recorded in the metrics, as registration records it with the
+    model): many in-distribution test receipts get no warning, while random noise and a
+    photo-like CORD render (a kind of receipt this model never saw) get warnings."""
+    p, root = project
+    m, rows = trained["metrics"], trained["rows"]
+    assert m["validation_n"] == 16 and m["confidence_threshold"] < 0
+    clean = [r for r in rows if not r["warnings"]]
+    assert len(clean) >= len(rows) // 4, [r["warnings"] for r in rows]
+    test = load_dataset_dir(root / "dataset")["test"]
+    merged = run_merge(p, root / "base", trained["adapter"], tmp_path / "merged")
+    settings = Settings.from_params(p).but(min_confidence=m["confidence_threshold"])
+    reader = ReceiptReader(merged, settings)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (640, 400, 3), np.uint8))
+    first = read_annotations(REPO / SHIPPED)[0]
+    cord = open_image(render_photo(json.loads(first["ground_truth"]), "cord", 1280))
+    answers = reader.read([test["image"][test["id"].index(clean[0]["id"])], noise, cord])
+    assert answers[0]["warnings"] == [], answers[0]
+    assert answers[1]["warnings"] and answers[2]["warnings"], answers[1:]
+    assert all(a["confidence"]["mean_logprob"] <= 0 for a in answers)
