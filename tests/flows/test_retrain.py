@@ -235,8 +235,16 @@ def test_ctrl_c_stops_scoring_in_seconds_with_one_line_and_a_rerun_resumes(
         for turn in range(12):
             image.rotate(turn * 0.5).save(folder / f"r{i}-{turn}.png")
     cmd = [sys.executable, "-m", "tasks.score", "--dir", str(folder), "--score", str(out)]
+    # As from a terminal: SIGINT not ignored, whatever this test runner inherited (a shell's
+    # background job starts with it ignored, and Python then installs no KeyboardInterrupt)
     proc = subprocess.Popen(
-        cmd, cwd=project, env=git_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=project,
+        env=git_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     partial = partial_path(out)
     deadline = time.monotonic() + 900
