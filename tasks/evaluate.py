@@ -19,9 +19,10 @@ from tasks.core import cli
 from tasks.core.config import Params
 from tasks.core.io import write_json_atomic, write_text_atomic
 from tasks.core.progress import reporter
+from tasks.data.receipt_json import parse_target
 from tasks.evaluation.calibration import pick_threshold, receipt_f1, warned_split
 from tasks.evaluation.metrics import per_field, score
-from tasks.inference.confidence import judged
+from tasks.inference.confidence import judged, token_confidence
 from tasks.inference.generation import Settings, answers, scored_answers
 from tasks.model.modeling import (
     fit_images,
@@ -121,10 +122,9 @@ def pick_on_validation(model, processor, validation, settings: Settings, e) -> d
         model, processor, list(validation["image"]), settings, ocr, reporter("evaluate: validation")
     )
     gts = [json.loads(t) for t in validation["target"]]
-    judged_rows = [judged(a, None, None) for a in found]
     return pick_threshold(
-        [r["confidence"]["mean_logprob"] for r in judged_rows],
-        [receipt_f1(r["json"], gt) for r, gt in zip(judged_rows, gts, strict=True)],
+        [token_confidence(a.logprobs, a.pieces)["mean_logprob"] for a in found],
+        [receipt_f1(parse_target(a.text), gt) for a, gt in zip(found, gts, strict=True)],
         e.confidence,
     )
 

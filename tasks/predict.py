@@ -21,7 +21,7 @@ from typing import Any
 from tasks.core import cli
 from tasks.core.io import read_json
 from tasks.inference.generation import Settings
-from tasks.inference.reader import BadImage, BadModel, ReceiptReader, open_image
+from tasks.inference.reader import BadImage, BadModel, ReceiptReader, from_served, open_image
 
 
 def served_json_schema(signature, asked: bool | None) -> bool:
@@ -67,30 +67,17 @@ def predict(
 
 def _read_registered(uri: str, paths: list[str], json_schema: bool | None) -> list[dict]:
     """Answers of a registered version's pyfunc (what `make serve` runs) for image files."""
-    import mlflow.pyfunc
     import pandas as pd
-    from mlflow.exceptions import MlflowException
 
-    from tasks.registry.tracking import tracking_uri
+    from tasks.registry.tracking import load_pyfunc
 
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
-    except MlflowException as exc:
-        raise BadModel(f"{uri}: cannot load it from {tracking_uri()} ({exc.message})") from exc
+    pyfunc = load_pyfunc(uri)
     held = served_json_schema(pyfunc.metadata.signature, json_schema)
     frame = pyfunc.predict(
         pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}),
         params={"json_schema": held} if json_schema is not None else None,
     )
-    return [
-        {k: json.loads(a[k]) if k in ("json", "confidence", "warnings") else a[k] for k in ANSWER}
-        | {"valid_json": bool(a["valid_json"])}
-        for a in frame.to_dict("records")
-    ]
-
-
-ANSWER = ("json", "valid_json", "raw", "confidence", "warnings")  # the pyfunc's columns
+    return [from_served(a) for a in frame.to_dict("records")]
 
 
 def main(argv: list[str] | None = None) -> None:

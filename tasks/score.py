@@ -82,6 +82,8 @@ def partial_path(out_dir: str | Path) -> Path:
 def earlier_answers(out_dir: str | Path, digest: str | None, json_schema: bool) -> dict:
     """Answers already given by this model (digest) under this json_schema, by file sha256:
     from the last finished run's predictions.jsonl and an interrupted run's partial file."""
+    from tasks.inference.reader import ANSWER
+
     found: dict[str, dict[str, Any]] = {}
     for path in (Path(out_dir) / "predictions.jsonl", partial_path(out_dir)):
         if not path.is_file() or digest is None:
@@ -175,13 +177,13 @@ def load_version(name: str, version: str | None, repo: str | Path):
     import mlflow
 
     from tasks.registry.lineage import version_of
-    from tasks.registry.tracking import tracking_uri
+    from tasks.registry.tracking import load_pyfunc, tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri(repo))
     mv = version_of(mlflow.MlflowClient(), name, version, None)
     uri = model_uri(name, mv.version)
     signature = mlflow.models.get_model_info(uri).signature
-    return mv, signature, functools.cache(lambda: mlflow.pyfunc.load_model(uri))
+    return mv, signature, functools.cache(lambda: load_pyfunc(uri, repo))
 
 
 def score_entries(model, entries, json_schema: bool, known: dict) -> list[dict[str, Any]]:
@@ -189,7 +191,7 @@ def score_entries(model, entries, json_schema: bool, known: dict) -> list[dict[s
     `reused`), or the reason the entry was not read."""
     import pandas as pd
 
-    from tasks.inference.reader import BadImage, open_image
+    from tasks.inference.reader import ANSWER, BadImage, from_served, open_image
 
     rows: list[dict[str, Any]] = []
     todo: list[tuple[int, bytes]] = []
@@ -213,18 +215,8 @@ def score_entries(model, entries, json_schema: bool, known: dict) -> list[dict[s
         frame = pd.DataFrame({"image": [d for _, d in todo]})
         answers = model().predict(frame, params={"json_schema": json_schema})
         for (i, _), a in zip(todo, answers.to_dict("records"), strict=True):
-            rows[i].update(
-                json=json.loads(a["json"]),
-                valid_json=bool(a["valid_json"]),
-                raw=a["raw"],
-                confidence=json.loads(a["confidence"]),
-                warnings=json.loads(a["warnings"]),
-                error=None,
-            )
+            rows[i].update(from_served(a), error=None)
     return rows
-
-
-ANSWER = ("json", "valid_json", "raw", "confidence", "warnings")
 
 
 def main(argv: list[str] | None = None) -> None:

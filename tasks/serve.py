@@ -25,7 +25,7 @@ from typing import Any
 
 from tasks.core import cli
 from tasks.core.errors import BadInput
-from tasks.inference.reader import BadModel
+from tasks.registry.tracking import load_pyfunc
 
 
 class BodyLimit:
@@ -73,22 +73,6 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def load(model_uri: str):
-    """The registered version's pyfunc, from the project's registry (MLFLOW_TRACKING_URI or
-    ./mlflow.db); one line if it cannot be had."""
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    from tasks.registry.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as exc:
-        why = exc.message if isinstance(exc, MlflowException) else str(exc)
-        raise BadModel(f"{model_uri}: cannot load it from {tracking_uri()} ({why})") from exc
-
-
 def app_for(pyfunc, max_request_mb: float):
     """MLflow's scoring app for this pyfunc behind the body limit."""
     from mlflow.pyfunc import scoring_server
@@ -125,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=5001)
 
     def body(a, p) -> str:
-        pyfunc = load(a.model)
+        pyfunc = load_pyfunc(a.model)
         app = app_for(pyfunc, p.serve.max_request_mb)
         print(
             f"serve: {a.model} on http://{a.host}:{a.port} (POST /invocations; "

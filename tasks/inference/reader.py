@@ -6,6 +6,7 @@ The one reading path behind `tasks.predict`, batch scoring and the served pyfunc
 from __future__ import annotations
 
 import io
+import json
 import re
 import warnings
 from pathlib import Path
@@ -119,6 +120,27 @@ class ReceiptReader:
             )
             rows.append(row | {"warnings": about_input + row["warnings"]})
         return rows
+
+
+# The served pyfunc's output columns: one per field of a read answer, JSON text where the field
+# is not a plain value (tasks.inference.serving writes them; predict and score read them back).
+ANSWER = ("json", "valid_json", "raw", "confidence", "warnings")
+_AS_JSON = ("json", "confidence", "warnings")
+
+
+def served_columns(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """`ReceiptReader.read` rows as the pyfunc's output columns."""
+    return {
+        k: [json.dumps(r[k], ensure_ascii=False) if k in _AS_JSON else r[k] for r in rows]
+        for k in ANSWER
+    }
+
+
+def from_served(record: dict[str, Any]) -> dict[str, Any]:
+    """One row of the pyfunc's output back as a read answer."""
+    return {k: json.loads(record[k]) if k in _AS_JSON else record[k] for k in ANSWER} | {
+        "valid_json": bool(record["valid_json"])
+    }
 
 
 def _plain(exc: BaseException) -> str:

@@ -49,12 +49,10 @@ class ReceiptModel(PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        import json
-
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        from tasks.inference.reader import BadImage, open_image
+        from tasks.inference.reader import BadImage, open_image, served_columns
 
         images, bad = [], []
         for i, v in enumerate(model_input["image"]):
@@ -68,16 +66,8 @@ class ReceiptModel(PythonModel):
         rows = self.reader.read(
             images, json_schema=None if json_schema is None else bool(json_schema)
         )
-        return pd.DataFrame(
-            {
-                "json": [json.dumps(r["json"], ensure_ascii=False) for r in rows],
-                "valid_json": [r["valid_json"] for r in rows],
-                "raw": [r["raw"] for r in rows],
-                "confidence": [json.dumps(r["confidence"]) for r in rows],
-                # about the input and about the answer (tasks.inference.confidence): a JSON list
-                "warnings": [json.dumps(r["warnings"]) for r in rows],
-            }
-        )
+        # warnings: about the input and about the answer (tasks.inference.confidence)
+        return pd.DataFrame(served_columns(rows))
 
 
 mlflow.models.set_model(ReceiptModel())

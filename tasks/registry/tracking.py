@@ -47,3 +47,21 @@ def alias_version(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def load_pyfunc(model_uri: str, repo: str | Path = "."):
+    """A registered version's pyfunc (e.g. `models:/receipt-llava@champion`) from the project's
+    registry (MLFLOW_TRACKING_URI, else the repo's mlflow.db); one line naming the URI and the
+    store when it cannot be had."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    from tasks.core.errors import MissingInput
+
+    uri = tracking_uri(repo)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        why = exc.message if isinstance(exc, MlflowException) else str(exc)
+        raise MissingInput(f"{model_uri}: cannot load it from {uri} ({why})") from exc
