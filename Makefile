@@ -47,7 +47,7 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 ocr-cache: setup ## re-make assets/cord/ocr.jsonl.gz: OCR of every image in data/ (~8 min for CORD on 2 cores)
 	$(PY) -m tasks.inference.ocr
 
-pretrain: setup ## re-make models/tiny-reader: the embedded base learns to read (~80 min on 2 cores)
+pretrain: setup ## re-make models/tiny-reader: the embedded base learns to read, then to copy (~96 min on 2 cores)
 	$(PY) -m tasks.reader.pretrain
 
 repro: setup ## dvc repro (train .. register) on the current data/
@@ -63,9 +63,9 @@ promote: setup ## move the `champion` alias to the challenger (VERSION=N to pick
 retrain: setup ## the Prefect retrain flow: refresh data, every stage, push, register, promote
 	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.retrain $(if $(SOURCE),--source '$(SOURCE)')
 
-score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] [JSON_SCHEMA=1] [FORCE=1] -> reports/score/
+score: setup ## score a folder of receipts with the champion: DIR=<folder> [VERSION=N] [JSON_SCHEMA=0|1] [FORCE=1] -> reports/score/
 	@test -n "$(DIR)" || { echo "DIR=<folder of receipt images>"; exit 2; }
-	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION)) $(if $(JSON_SCHEMA),--json-schema) $(if $(FORCE),--force)
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(PY) -m flows.score --dir '$(DIR)' $(if $(VERSION),--version $(VERSION)) $(if $(filter 0,$(JSON_SCHEMA)),--no-json-schema,$(if $(JSON_SCHEMA),--json-schema)) $(if $(FORCE),--force)
 
 serve: setup ## serve the champion over HTTP (MLflow's scoring protocol) on PORT (default 5001)
 	$(PY) -m tasks.serve --port $(or $(PORT),5001)

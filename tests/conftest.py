@@ -127,6 +127,18 @@ def small_params(**sections):
             "natural": p.pretrain.natural.model_copy(
                 update={"steps": 2, "batch_size": 2, "warmup_steps": 1, "eval_every": 2}
             ),
+            "copy_phase": p.pretrain.copy_phase.model_copy(
+                update={
+                    "steps": 2,
+                    "repeat_steps": 1,
+                    "batch_size": 2,
+                    "warmup_steps": 1,
+                    "max_lines": 3,
+                    "reading_every": 2,
+                    "eval_every": 2,
+                    "eval_records": 1,
+                }
+            ),
             "eval_every": 4,
             "eval_pages": 2,
         }
@@ -139,7 +151,10 @@ def small_params(**sections):
             "logging_steps": 1,
         }
     )
-    p.evaluate = p.evaluate.model_copy(update={"max_new_tokens": 24, "batch_size": 4})
+    # Free decoding: constrained decoding (the default's) has tests of its own (test_constrained.py).
+    p.evaluate = p.evaluate.model_copy(
+        update={"max_new_tokens": 24, "batch_size": 4, "json_schema": False}
+    )
     # A few steps teach a tiny model little: gate on what it can reach, judge the gate separately.
     p.gate = p.gate.model_copy(update={"min_json_valid_rate": 0.0, "max_regression": 1.0})
     return updated(p, **sections)

@@ -109,6 +109,24 @@ class NaturalReadingParams(_Section):
     eval_every: int = Field(ge=1)
 
 
+class CopyParams(_Section):
+    """Pretraining's third phase: copy from the prompt's OCR-like text (tasks/reader/copying.py).
+    The language model alone, on text: no image tokens, so a step costs a third of a page's."""
+
+    steps: int = Field(ge=0)
+    # The first this many steps only repeat the lines (the copy skill forms there), then
+    # repeating, amounts and name | amount in turn.
+    repeat_steps: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    max_lines: int = Field(ge=3)
+    # Every this many steps, a batch of phase 2's pages instead: reading is kept.
+    reading_every: int = Field(ge=1)
+    eval_every: int = Field(ge=1)
+    eval_records: int = Field(ge=1)  # held-out records of each kind
+
+
 class PretrainParams(_Section):
     """`make pretrain`: the embedded base learns to read printed text (tasks/reader/pretrain.py)."""
 
@@ -123,6 +141,7 @@ class PretrainParams(_Section):
     # Full pages of dense random text for these steps, then mixed pages (receipt-like lines).
     curriculum_steps: int = Field(ge=1)
     natural: NaturalReadingParams
+    copy_phase: CopyParams
     # Held-out reading accuracy every this many steps: the learning curve.
     eval_every: int = Field(ge=1)
     eval_pages: int = Field(ge=1)
@@ -227,6 +246,9 @@ class EvaluateParams(_Section):
     # Hold generation to CORD's JSON schema (tasks.inference.constrained): evaluate, the gate, and the
     # registered model's default (a request or `make score` may ask otherwise).
     json_schema: bool
+    # With json_schema and model.ocr_prompt, every value is held to a span of the receipt's OCR
+    # lines (tasks.inference.constrained.SpanGrammars): the answer copies, it cannot invent.
+    ocr_spans: bool = False
     # How the low-confidence threshold is picked on the validation split (tasks.evaluation.calibration).
     confidence: ConfidenceParams
 

@@ -37,6 +37,8 @@ class Settings:
     # Answers whose mean value-token log-probability is under this get a warning
     # (tasks.inference.confidence); picked on validation receipts by evaluate, set at registration.
     min_confidence: float | None = None
+    # With json_schema and OCR grounding, every value is a span of the receipt's OCR lines.
+    ocr_spans: bool = False
 
     @classmethod
     def from_params(cls, params: Params) -> Settings:
@@ -48,6 +50,7 @@ class Settings:
             attn_implementation=params.train.attn_implementation,
             json_schema=params.evaluate.json_schema,
             ocr_prompt=params.model.ocr_prompt,
+            ocr_spans=params.evaluate.ocr_spans,
         )
 
     @classmethod
@@ -115,15 +118,18 @@ def scored_answers(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Answer]:
     """`answers`, each with its tokens' log-probabilities."""
+    prompts = prompts_for(images, s, ocr)
+    spans = s.json_schema and s.ocr_spans and s.ocr_prompt
     return generate_scored(
         model,
         processor,
         images,
-        prompts_for(images, s, ocr),
+        prompts,
         s.max_new_tokens,
         s.batch_size,
         s.json_schema,
         progress=progress,
+        span_ocr=[o or "" for o in ocr] if spans and ocr is not None else None,
     )
 
 
@@ -143,10 +149,12 @@ def generate_scored(
     json_schema: bool = False,
     schema_backend: str = "llguidance",
     progress: Callable[[int, int], None] | None = None,
+    span_ocr: list[str] | None = None,
 ) -> list[Answer]:
     """Greedy, batched, left-padded generation. `prompt` is one user text for every image, or
     one per image. With `json_schema`, every step is held to CORD's JSON schema
-    (tasks.inference.constrained) by Outlines' `schema_backend`."""
+    (tasks.inference.constrained) by Outlines' `schema_backend`; with `span_ocr` too (each
+    image's OCR text), every value to a span of that image's OCR lines (llguidance)."""
     from transformers import LogitsProcessorList
 
     processor.tokenizer.padding_side = "left"
@@ -154,8 +162,17 @@ def generate_scored(
     if len(texts) != len(images):
         raise ValueError(f"{len(texts)} prompts for {len(images)} images")
     device = next(model.parameters()).device
-    constrained = None
-    if json_schema:
+    if span_ocr is not None and len(span_ocr) != len(images):
+        raise ValueError(f"{len(span_ocr)} OCR texts for {len(images)} images")
+    constrained = spans = None
+    if json_schema and span_ocr is not None:
+        from tasks.inference.constrained import MAX_CHARS, RESERVE, CloseWithinBudget, SpanGrammars
+
+        spans = SpanGrammars(processor.tokenizer)
+        # a value may have to be finished (up to MAX_CHARS) before the answer can close
+        budget = CloseWithinBudget(processor.tokenizer, max_new_tokens, RESERVE + MAX_CHARS)
+        constrained = LogitsProcessorList([spans, budget])
+    elif json_schema:
         from tasks.inference.constrained import CloseWithinBudget, json_schema_processor
 
         schema = json_schema_processor(model, processor, schema_backend)
@@ -169,7 +186,10 @@ def generate_scored(
             device
         )
         enc["pixel_values"] = enc["pixel_values"].to(model.dtype)
-        if constrained is not None:
+        if spans is not None and span_ocr is not None:
+            spans.start(span_ocr[i : i + batch_size], enc["input_ids"].shape[1])
+            budget.prompt_length = enc["input_ids"].shape[1]
+        elif constrained is not None:
             schema.reset()  # a new generation: the schema's state starts over
             budget.prompt_length = enc["input_ids"].shape[1]
         with warnings.catch_warnings():

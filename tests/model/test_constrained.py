@@ -95,3 +95,67 @@ def test_a_version_answers_with_its_registered_json_schema_default_unless_asked(
         signature = _signature(default)
         assert served_json_schema(signature, None) is default
         assert served_json_schema(signature, not default) is (not default)
+
+
+def test_ocr_spans_are_word_runs_within_a_line_and_amounts_hold_a_digit():
+    from tasks.inference.constrained import numeric_field, ocr_spans, span_values
+
+    ocr = "2 KOPI SUSU 25,000\nTOTAL  25,000\n"
+    spans = ocr_spans(ocr)
+    assert "KOPI SUSU" in spans and "2 KOPI SUSU 25,000" in spans and "TOTAL 25,000" in spans
+    assert "25,000 TOTAL" not in spans  # never across lines
+    values = span_values(ocr)
+    assert values is not None and set(values["number"]) == {
+        "2",
+        "25,000",
+        "2 KOPI",
+        "SUSU 25,000",
+        "TOTAL 25,000",
+    }
+    assert span_values(" \n") is None  # nothing read: the plain schema
+    assert numeric_field("total_price") and numeric_field("cnt") and numeric_field("menuqty_cnt")
+    assert not numeric_field("nm")
+
+
+def test_answers_held_to_ocr_spans_copy_every_value_from_their_own_receipt(
+    params, dataset_dir, base_dir, trained
+):
+    """One grammar per row: each answer's every value is a span of its own receipt's OCR lines
+    (amounts and counts with a digit), whatever the model would have written; a receipt with
+    no OCR text falls back to the plain schema. Settings logged and read back keep the option."""
+    from tasks.inference.constrained import span_values
+    from tasks.inference.generation import scored_answers
+
+    images = load_dataset_dir(dataset_dir)["test"]["image"][:3]
+    ocr = ["1 NASI GORENG 25,000\nTOTAL 25,000", "2 ES TEH 8.000\nCASH 20.000\nCHANGE 12.000", ""]
+    s = Settings.from_params(params).but(
+        ocr_prompt=True, json_schema=True, ocr_spans=True, max_new_tokens=120, batch_size=3
+    )
+    model, processor = load_for_inference(params, base_dir, trained["adapter"])
+    found = scored_answers(model, processor, images, s, ocr)
+
+    def leaves(x, key=""):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from leaves(v, k)
+        elif isinstance(x, list):
+            for v in x:
+                yield from leaves(v, key)
+        else:
+            yield key, x
+
+    for answer, text in zip(found[:2], ocr[:2], strict=True):
+        assert is_valid_json(answer.text), answer.text
+        values = span_values(text)
+        pairs = list(leaves(json.loads(answer.text)))
+        assert pairs and values is not None, answer.text
+        for key, value in pairs:
+            kind = "number" if key.endswith(("price", "cnt")) or key == "num" else "text"
+            assert value in values[kind], (key, value, answer.text)
+    assert is_valid_json(found[2].text) and not schema_violations(json.loads(found[2].text))
+    logged = s.as_config()
+    assert Settings.from_config(logged).ocr_spans is True
+    assert (
+        Settings.from_config({k: v for k, v in logged.items() if k != "ocr_spans"}).ocr_spans
+        is False
+    )
