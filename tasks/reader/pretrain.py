@@ -252,16 +252,22 @@ def _train_steps(model, processor, p: PretrainParams, steps: range, log_every: i
         yield step, ema
 
 
+def _reading_collators(processor) -> tuple[int, dict[str, ReceiptCollator]]:
+    """The page's cells per side, and a collator per reading prompt (padded, natural), sized
+    for a full page."""
+    cells = processor.image_processor.size["height"] // CELL
+    full = [dense_page(random.Random(0), cells)[1]]
+    return cells, {
+        prompt: ReceiptCollator(processor, prompt, max_length_for(processor, prompt, full))
+        for prompt in (READ_PROMPT, NATURAL_PROMPT)
+    }
+
+
 def _natural_steps(model, processor, p: PretrainParams, log_every: int = 50):
     """Phase 2: fresh pages, three batches in four read in natural order (the rest padded, so
     phase 1's reading is kept); yields (step, loss of the natural batches) after each step."""
     n = p.natural
-    cells = processor.image_processor.size["height"] // CELL
-    full = [dense_page(random.Random(0), cells)[1]]
-    collators = {
-        prompt: ReceiptCollator(processor, prompt, max_length_for(processor, prompt, full))
-        for prompt in (READ_PROMPT, NATURAL_PROMPT)
-    }
+    cells, collators = _reading_collators(processor)
     opt, sched = _optimizer(model, n.learning_rate, n.warmup_steps, n.steps)
     t0, ema = time.perf_counter(), None
     for step in range(1, n.steps + 1):
@@ -294,12 +300,7 @@ def _copy_steps(model, processor, p: PretrainParams, log_every: int = 50):
     Yields (step, loss of the copy batches)."""
     c = p.copy_phase
     kinds = list(PROMPTS)
-    cells = processor.image_processor.size["height"] // CELL
-    full = [dense_page(random.Random(0), cells)[1]]
-    reading = {
-        prompt: ReceiptCollator(processor, prompt, max_length_for(processor, prompt, full))
-        for prompt in (READ_PROMPT, NATURAL_PROMPT)
-    }
+    cells, reading = _reading_collators(processor)
     opt, sched = _optimizer(model, c.learning_rate, c.warmup_steps, c.steps)
     t0, ema = time.perf_counter(), None
     for step in range(1, c.steps + 1):
