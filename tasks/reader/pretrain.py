@@ -38,6 +38,7 @@ import platform
 import random
 import string
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -230,9 +231,8 @@ def _step(model, collator, batch: list[dict[str, Any]], opt, sched) -> float:
 
 def _train_steps(model, processor, p: PretrainParams, steps: range, log_every: int = 50):
     """Train `model` on fresh pages for `steps`, yielding (step, loss) after each step."""
-    cells = processor.image_processor.size["height"] // CELL
-    full = [dense_page(random.Random(0), cells)[1]]
-    collator = ReceiptCollator(processor, READ_PROMPT, max_length_for(processor, READ_PROMPT, full))
+    cells, collators = _reading_collators(processor)
+    collator = collators[READ_PROMPT]
     opt, sched = _optimizer(model, p.learning_rate, p.warmup_steps, p.schedule_steps)
     t0, ema = time.perf_counter(), None
     for step in steps:
@@ -316,15 +316,8 @@ def _copy_steps(model, processor, p: PretrainParams, log_every: int = 50):
         else:
             kind = "repeat" if step <= c.repeat_steps else kinds[step % len(kinds)]
             batch = [copy_example(rng, kind, c.max_lines) for _ in range(c.batch_size)]
-            inputs = {k: v.to(model.device) for k, v in text_batch(processor, batch).items()}
-            with torch.autocast(model.device.type, dtype=torch.bfloat16):
-                loss = model(**inputs).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+            loss = _step(model, partial(text_batch, processor), batch, opt, sched)
+            ema = loss if ema is None else 0.9 * ema + 0.1 * loss
         if step % log_every == 0:
             rate = step / (time.perf_counter() - t0)
             print(f"pretrain copy step {step} loss {ema:.4f} ({rate:.2f} steps/s)", flush=True)

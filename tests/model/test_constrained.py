@@ -123,7 +123,7 @@ def test_answers_held_to_ocr_spans_copy_every_value_from_their_own_receipt(
     """One grammar per row: each answer's every value is a span of its own receipt's OCR lines
     (amounts and counts with a digit), whatever the model would have written; a receipt with
     no OCR text falls back to the plain schema. Settings logged and read back keep the option."""
-    from tasks.inference.constrained import span_values
+    from tasks.inference.constrained import numeric_field, span_values
     from tasks.inference.generation import scored_answers
 
     images = load_dataset_dir(dataset_dir)["test"]["image"][:3]
@@ -150,7 +150,7 @@ def test_answers_held_to_ocr_spans_copy_every_value_from_their_own_receipt(
         pairs = list(leaves(json.loads(answer.text)))
         assert pairs and values is not None, answer.text
         for key, value in pairs:
-            kind = "number" if key.endswith(("price", "cnt")) or key == "num" else "text"
+            kind = "number" if numeric_field(key) else "text"
             assert value in values[kind], (key, value, answer.text)
     assert is_valid_json(found[2].text) and not schema_violations(json.loads(found[2].text))
     logged = s.as_config()
