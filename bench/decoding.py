@@ -6,7 +6,7 @@
 
 For the base (adapter off) and the fine-tuned model, on one split, with OCR in the prompt:
 free decoding; held to CORD's JSON schema; held to the schema with every value a span of the
-receipt's OCR lines (`evaluate.ocr_spans`, the default). Scored by the pipeline's own metrics
+receipt's OCR lines (`evaluate.ocr_spans`; off by default). Scored by the pipeline's own metrics
 (`tasks.evaluation.metrics`), through the same generation code as evaluate.
 """
 

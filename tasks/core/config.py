@@ -114,8 +114,8 @@ class CopyParams(_Section):
     The language model alone, on text: no image tokens, so a step costs a third of a page's."""
 
     steps: int = Field(ge=0)
-    # The first this many steps only repeat the lines (the copy skill forms there), then
-    # repeating, amounts and name | amount in turn.
+    # The first this many steps only repeat the lines (the copy skill forms there), then a
+    # kind drawn per step: repeat, amounts, name | amount, labelled priced lines.
     repeat_steps: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     learning_rate: float = Field(gt=0)

@@ -9,7 +9,11 @@ receipts. Here every weight learns it, on generated OCR-like lines that are neve
 
 - "Repeat the OCR lines.": the lines, as they are;
 - "Copy the amounts.": the amount that ends each priced line, one per line;
-- "Copy each priced line as name | amount.": the words and the amount of each priced line.
+- "Copy each priced line as name | amount.": the words and the amount of each priced line;
+- "Label the priced lines.": a receipt-like page (a header, items, then summary lines such as
+  subtotal, tax, total, cash and change, in a receipt's words); each priced line written as
+  `item | name | [count |] amount` or `<label> | amount`, so the base knows which line is
+  which, not only how to copy one (still not CORD's JSON).
 
 The user text is built by `tasks.model.modeling.instruction`, as at training, evaluation and
 serving, in the model's chat format but without an image: only the language model trains here,
@@ -35,12 +39,24 @@ PROMPTS = {
     "repeat": "Repeat the OCR lines.",
     "amounts": "Copy the amounts.",
     "pairs": "Copy each priced line as name | amount.",
+    "fields": "Label the priced lines.",
 }
 KEYWORDS = [
     "SUBTOTAL", "SUB TOTAL", "TOTAL", "GRAND TOTAL", "TAX", "PB1", "SERVICE", "SVC CHRG",
     "CASH", "CHANGE", "KEMBALI", "DISC", "DISCOUNT", "DEBIT", "CREDIT CARD", "ROUNDING",
     "TOTAL ITEMS", "QTY", "BCA", "GOPAY", "Total Bayar", "Tunai", "Kembalian",
 ]  # fmt: skip
+# A receipt's summary lines, in the order they are printed, by the label `fields` gives them.
+SUMMARY = {
+    "subtotal": ["SUBTOTAL", "SUB TOTAL", "Subtotal", "Sub Total", "Sub-Total"],
+    "tax": ["TAX", "PB1", "PPN", "Tax 10%", "PB1 (10%)"],
+    "service": ["SERVICE", "SVC CHRG", "Service Charge", "Service 5%"],
+    "discount": ["DISC", "DISCOUNT", "Diskon", "Promo"],
+    "total": ["TOTAL", "GRAND TOTAL", "Total Bayar", "Total", "Jumlah", "TOTAL DUE"],
+    "cash": ["CASH", "Tunai", "Cash", "TUNAI"],
+    "card": ["DEBIT", "CREDIT CARD", "BCA", "CARD", "Debit BCA"],
+    "change": ["CHANGE", "KEMBALI", "Kembalian", "Change"],
+}
 NAME_WORDS = sorted({w for n in MENU_NAMES for w in n.split()})
 
 
@@ -102,8 +118,43 @@ def ocr_line(rng: random.Random) -> tuple[str, str | None, str | None]:
     return junk, None, None
 
 
+def labelled_receipt(rng: random.Random, max_items: int) -> tuple[list[str], list[str]]:
+    """A receipt-like page's lines and its priced lines labelled: header lines, 1 to
+    `max_items` items ([count] name [@unit] amount), summary lines in `SUMMARY`'s order (each
+    label present or not), a few unpriced lines between."""
+    lines, labelled = [], []
+    for _ in range(rng.randint(0, 2)):  # a store name, a date: nothing priced
+        text, _, amount = ocr_line(rng)
+        lines.append(text if amount is None else _name(rng))
+    for _ in range(rng.randint(1, max_items)):
+        name, amount = _name(rng), _amount(rng)
+        count = rng.choice(["", "", "1 ", "1X ", f"{rng.randint(1, 9)} ", f"{rng.randint(1, 5)}x "])
+        unit = f" @{_amount(rng)}" if rng.random() < 0.2 else ""
+        lines.append(f"{count}{name}{unit} {amount}")
+        labelled.append(" | ".join(["item", name, *([count.strip()] if count else []), amount]))
+        if rng.random() < 0.15:
+            lines.append(_name(rng))  # an option line under the item: not priced
+    if rng.random() < 0.3:
+        lines.append("-" * rng.randint(5, 30))
+    for label, words in SUMMARY.items():
+        if rng.random() < (0.8 if label == "total" else 0.35):
+            amount = _amount(rng)
+            sep = rng.choice([" ", " ", ": ", " Rp ", " Rp. "])
+            lines.append(f"{rng.choice(words)}{sep}{amount}")
+            labelled.append(f"{label} | {amount}")
+    return lines, labelled
+
+
 def copy_example(rng: random.Random, kind: str, max_lines: int = 14) -> dict[str, Any]:
     """A record for `kind`: OCR-like lines as its `ocr`, the answer as its `target`."""
+    if kind == "fields":
+        lines, labelled = labelled_receipt(rng, max_lines)
+        return {
+            "id": "copy-fields",
+            "ocr": "\n".join(lines),
+            "target": "\n".join(labelled),
+            "kind": kind,
+        }
     rows = [ocr_line(rng) for _ in range(rng.randint(3, max_lines))]
     while kind != "repeat" and not any(amount for _, _, amount in rows):
         rows.append(ocr_line(rng))
@@ -171,7 +222,9 @@ def copy_accuracy(model, processor, records: list[dict[str, Any]], batch_size: i
         for i in range(0, len(chunk_all), batch_size):
             chunk = chunk_all[i : i + batch_size]
             texts = [chat_prompt(processor, r) for r in chunk]
-            enc = tok(texts, return_tensors="pt", padding=True, padding_side="left")
+            # tok.pad, not tok(..., padding=True): that would leave padding switched on in the
+            # fast tokenizer's backend, and save_pretrained would then write it out.
+            enc = tok.pad(tok(texts), return_tensors="pt", padding_side="left")
             enc = enc.to(model.device)
             longest = max(len(r["target"]) for r in chunk)
             with torch.autocast(model.device.type, dtype=torch.bfloat16):

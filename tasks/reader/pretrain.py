@@ -18,7 +18,8 @@ base the variable-offset pointer emerges between ~1,000 and 1,750 phase-2 steps
 (docs/benchmarks.md).
 
 Phase 3 (`copy_phase`) copies from the prompt's text: OCR-like lines in, the lines, their
-amounts, or their names and amounts out (tasks/reader/copying.py), the language model alone.
+amounts, their names and amounts, or their priced lines labelled (item, total, cash, ...) out
+(tasks/reader/copying.py), the language model alone.
 With `--from DIR`, only phase 3 runs, on the reader in DIR (whose curve is kept).
 
 A curriculum starts with full pages of dense random capitals, digits and ",.-" for
@@ -314,7 +315,7 @@ def _copy_steps(model, processor, p: PretrainParams, log_every: int = 50):
                 pages.append({"id": f"copy-read-{step}-{i}", "image": image, "target": target})
             _step(model, reading[NATURAL_PROMPT if natural else READ_PROMPT], pages, opt, sched)
         else:
-            kind = "repeat" if step <= c.repeat_steps else kinds[step % len(kinds)]
+            kind = "repeat" if step <= c.repeat_steps else rng.choice(kinds)
             batch = [copy_example(rng, kind, c.max_lines) for _ in range(c.batch_size)]
             loss = _step(model, partial(text_batch, processor), batch, opt, sched)
             ema = loss if ema is None else 0.9 * ema + 0.1 * loss
