@@ -46,6 +46,8 @@ KEYWORDS = [
     "CASH", "CHANGE", "KEMBALI", "DISC", "DISCOUNT", "DEBIT", "CREDIT CARD", "ROUNDING",
     "TOTAL ITEMS", "QTY", "BCA", "GOPAY", "Total Bayar", "Tunai", "Kembalian",
 ]  # fmt: skip
+# Between a keyword and its amount on a printed line.
+SEPARATORS = [" ", " ", ": ", " Rp ", " Rp. "]
 # A receipt's summary lines, in the order they are printed, by the label `fields` gives them.
 SUMMARY = {
     "subtotal": ["SUBTOTAL", "SUB TOTAL", "Subtotal", "Sub Total", "Sub-Total"],
@@ -100,7 +102,7 @@ def ocr_line(rng: random.Random) -> tuple[str, str | None, str | None]:
         return f"{count}{name} {amount}", f"{count}{name}", amount
     if r < 0.65:  # a keyword line
         name, amount = rng.choice(KEYWORDS), _amount(rng)
-        sep = rng.choice([" ", " ", ": ", " Rp ", " Rp. "])
+        sep = rng.choice(SEPARATORS)
         return f"{name}{sep}{amount}", name, amount
     if r < 0.85:  # words alone: a name on its own line, a header
         return _name(rng), None, None
@@ -139,7 +141,7 @@ def labelled_receipt(rng: random.Random, max_items: int) -> tuple[list[str], lis
     for label, words in SUMMARY.items():
         if rng.random() < (0.8 if label == "total" else 0.35):
             amount = _amount(rng)
-            sep = rng.choice([" ", " ", ": ", " Rp ", " Rp. "])
+            sep = rng.choice(SEPARATORS)
             lines.append(f"{rng.choice(words)}{sep}{amount}")
             labelled.append(f"{label} | {amount}")
     return lines, labelled
@@ -148,27 +150,22 @@ def labelled_receipt(rng: random.Random, max_items: int) -> tuple[list[str], lis
 def copy_example(rng: random.Random, kind: str, max_lines: int = 14) -> dict[str, Any]:
     """A record for `kind`: OCR-like lines as its `ocr`, the answer as its `target`."""
     if kind == "fields":
-        lines, labelled = labelled_receipt(rng, max_lines)
-        return {
-            "id": "copy-fields",
-            "ocr": "\n".join(lines),
-            "target": "\n".join(labelled),
-            "kind": kind,
-        }
-    rows = [ocr_line(rng) for _ in range(rng.randint(3, max_lines))]
-    while kind != "repeat" and not any(amount for _, _, amount in rows):
-        rows.append(ocr_line(rng))
-    lines = [text for text, _, _ in rows]
-    if kind == "repeat":
-        target = "\n".join(lines)
-    elif kind == "amounts":
-        target = "\n".join(amount for _, _, amount in rows if amount)
+        lines, answer = labelled_receipt(rng, max_lines)
     else:
-        target = "\n".join(f"{name} | {amount}" for _, name, amount in rows if amount)
+        rows = [ocr_line(rng) for _ in range(rng.randint(3, max_lines))]
+        while kind != "repeat" and not any(amount for _, _, amount in rows):
+            rows.append(ocr_line(rng))
+        lines = [text for text, _, _ in rows]
+        if kind == "repeat":
+            answer = lines
+        elif kind == "amounts":
+            answer = [amount for _, _, amount in rows if amount]
+        else:
+            answer = [f"{name} | {amount}" for _, name, amount in rows if amount]
     return {
         "id": f"copy-{kind}",
         "ocr": "\n".join(lines),
-        "target": target,
+        "target": "\n".join(answer),
         "kind": kind,
     }
 
