@@ -193,7 +193,16 @@ def receipt_collator(params: Params, processor, train) -> ReceiptCollator:
         sizes,
         ocr=list(train["ocr"]) if ocr else None,
     )
-    collator = ReceiptCollator(processor, params.ingest.prompt, max_length, ocr=ocr)
+    bg = params.train.ocr_background
+    collator = ReceiptCollator(
+        processor,
+        params.ingest.prompt,
+        max_length,
+        ocr=ocr,
+        background=bg.share,
+        background_lines=bg.max_lines,
+        seed=params.train.args.seed,
+    )
     for record in train:
         collator.encode(record)
     return collator

@@ -199,6 +199,12 @@ class TrainerArgs(_Section):
         return self
 
 
+class OcrBackgroundParams(_Section):
+    # Share of training records whose OCR text gets background lines (tasks.data.augment).
+    share: float = Field(ge=0, le=1)
+    max_lines: int = Field(ge=1)
+
+
 class TrainParams(_Section):
     quantization: Literal["nf4", "none"]
     compute_dtype: Literal["float32", "bfloat16", "float16"]
@@ -217,6 +223,8 @@ class TrainParams(_Section):
     # Data-parallel processes for the train stage (DDP through torchrun): "auto" = one per
     # visible GPU (1 on CPU). per_device_train_batch_size is per process.
     num_processes: Literal["auto"] | Annotated[int, Field(ge=1)]
+    # Background lines in the OCR text of some training records, as photos have; off: share 0.
+    ocr_background: OcrBackgroundParams = OcrBackgroundParams(share=0.0, max_lines=8)
     args: TrainerArgs
 
     @model_validator(mode="after")

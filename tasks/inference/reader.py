@@ -102,6 +102,20 @@ class ReceiptReader:
         self.processor = load_processor(str(model_dir))
         self.settings = settings
 
+    def warm_up(self) -> None:
+        """Read one small printed line, so the first receipt after loading does not also pay
+        for onnxruntime's and generate's first-call setup (about 3 s on 2 cores)."""
+        from PIL import ImageDraw
+
+        from tasks.inference.ocr import ocr_text
+
+        image = Image.new("RGB", (320, 96), "white")
+        ImageDraw.Draw(image).text((16, 40), "TOTAL 10,000", fill="black")
+        s = self.settings.but(max_new_tokens=16)
+        scored_answers(
+            self.model, self.processor, [image], s, [ocr_text(image)] if s.ocr_prompt else None
+        )
+
     def read(
         self, images: list[Image.Image], json_schema: bool | None = None
     ) -> list[dict[str, Any]]:

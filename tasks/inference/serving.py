@@ -45,6 +45,7 @@ class ReceiptModel(PythonModel):
                 base=cfg["base"],
                 revision=cfg.get("revision"),
             )
+        self.reader.warm_up()  # the first request is answered as fast as the next
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict | None = None

@@ -6,7 +6,8 @@ naming the record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,6 +42,26 @@ class ReceiptCollator:
     max_length: int
     # OCR grounding: each record's `ocr` text follows the image in its prompt (tasks.inference.ocr).
     ocr: bool = False
+    # At training, this share of records get background lines in their OCR text, as a photo's
+    # reading has (tasks.data.augment), up to `background_lines`, drawn from a generator seeded
+    # by `seed` in batch order (a run resumed from a checkpoint draws from the seed afresh).
+    # A record the lines would make too long is kept as it is.
+    background: float = 0.0
+    background_lines: int = 8
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def with_background(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record, its OCR text with background lines or not (the generator's next draws)."""
+        from tasks.data.augment import with_background
+
+        if not (self.ocr and self.background > 0 and self._rng.random() < self.background):
+            return record
+        ocr = with_background(record.get("ocr") or "", self._rng, self.background_lines)
+        return record | {"ocr": ocr}
 
     def encode(self, record: dict[str, Any]) -> tuple[list[int], int, dict[str, torch.Tensor]]:
         tok = self.processor.tokenizer
@@ -67,7 +88,7 @@ class ReceiptCollator:
     def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tok = self.processor.tokenizer
         image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
-        encoded = [self.encode(r) for r in records]
+        encoded = [self._encode_drawn(r) for r in records]
         width = max(len(ids) for ids, _, _ in encoded)
         input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -83,6 +104,17 @@ class ReceiptCollator:
             "attention_mask": attention,
             "labels": labels,
         } | {key: _stack([v[key] for _, _, v in encoded]) for key in encoded[0][2]}
+
+    def _encode_drawn(
+        self, record: dict[str, Any]
+    ) -> tuple[list[int], int, dict[str, torch.Tensor]]:
+        drawn = self.with_background(record)
+        if drawn is record:
+            return self.encode(record)
+        try:
+            return self.encode(drawn)
+        except TargetTooLong:  # the lines pushed it past max_length: the record as it is
+            return self.encode(record)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -127,3 +127,23 @@ def test_the_shipped_cache_covers_the_shipped_renders():
     assert key in cache.entries
     cached = [w.as_row() for w in cache.entries[key]]  # as stored: 0.1 px, 4 decimals
     assert cached == [w.as_row() for w in ocr.read_words(Image.open(io.BytesIO(data)))]
+
+
+def test_background_lines_surround_the_receipts_own_lines_and_repeat_by_seed():
+    import random
+
+    from tasks.data.augment import with_background
+
+    text = "1 EGG TART 13,000\nTOTAL 13,000\nCASH 20,000"
+    own = text.splitlines()
+    places = set()
+    for seed in range(300):
+        out = with_background(text, random.Random(seed), max_lines=5).splitlines()
+        start = next(i for i in range(len(out)) if out[i : i + len(own)] == own)
+        above, below = out[:start], out[start + len(own) :]
+        assert 1 <= len(above) + len(below) <= 5  # the receipt's lines intact, in order
+        assert all(line.strip() for line in above + below)
+        places.add((bool(above), bool(below)))
+        assert out == with_background(text, random.Random(seed), 5).splitlines()
+    assert places == {(True, False), (False, True), (True, True)}
+    assert with_background("", random.Random(0), 3).strip()  # a reading that found nothing

@@ -8,13 +8,14 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from tasks.inference.generation import Settings, answers
 from tasks.inference.reader import ReceiptReader
 from tasks.inference.serving import ReceiptModel
 from tasks.model.collator import ReceiptCollator
-from tasks.model.modeling import instruction
+from tasks.model.modeling import instruction, load_processor, prompt_text
 from tests.conftest import small_params, small_reader
 
 
@@ -118,3 +119,37 @@ def test_the_review_page_shows_the_ocr_lines_the_prompt_carried(grounded):
     first_line = html.escape(record["ocr"].splitlines()[0])
     assert "OCR lines in the prompt" in grounded_page and first_line in grounded_page
     assert "OCR lines" not in render_review([{**row, "ocr": None}], metrics, {})
+
+
+def test_training_adds_background_lines_to_its_share_of_records_only(grounded):
+    """The collator puts background lines into the OCR text of about `background` of the
+    records, the same ones for the same seed; a record they would make too long is kept."""
+    p, record = grounded["params"], grounded["dataset"]["test"][0]
+    processor = load_processor(str(grounded["base"]))
+    clean = instruction(p.ingest.prompt, record["ocr"])
+
+    def prompts(collator, records):
+        spy = SpyProcessor(processor)
+        collator.processor = spy
+        batch = collator(records)
+        return spy.texts, batch
+
+    plain = ReceiptCollator(processor, p.ingest.prompt, 10**6, ocr=True)
+    (text,), _ = prompts(plain, [record])
+    assert clean in text
+    always = ReceiptCollator(processor, p.ingest.prompt, 10**6, ocr=True, background=1.0)
+    (text,), batch = prompts(always, [record])
+    assert record["ocr"] in text and clean not in text  # lines added around the receipt's
+    again = ReceiptCollator(processor, p.ingest.prompt, 10**6, ocr=True, background=1.0)
+    assert torch.equal(prompts(again, [record])[1]["input_ids"], batch["input_ids"])
+
+    ids, _, _ = plain.encode(record)
+    tight = ReceiptCollator(processor, p.ingest.prompt, len(ids), ocr=True, background=1.0)
+    texts, _ = prompts(tight, [record])
+    assert len(texts) == 2 and texts[-1] == prompt_text(processor, clean)  # too long: as read
+
+    half = ReceiptCollator(processor, p.ingest.prompt, 10**6, ocr=True, background=0.5)
+    drawn = [half.with_background(record) is not record for _ in range(400)]
+    assert 0.4 < sum(drawn) / len(drawn) < 0.6
+    off = ReceiptCollator(processor, p.ingest.prompt, 10**6, ocr=False, background=1.0)
+    assert off.with_background(record) is record  # no grounding, no OCR text to add to
