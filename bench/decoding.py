@@ -35,17 +35,11 @@ MODES = {
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default="artifacts/dataset")
-    ap.add_argument("--base", default="artifacts/base")
-    ap.add_argument("--adapter", default="artifacts/adapter")
-    ap.add_argument("--split", default="test")
+    model_args(ap, split="test")
     ap.add_argument("--report", default="docs/decoding.json")
     a = ap.parse_args(argv)
     params = load_params(a.params)
-    split = load_dataset_dir(a.dataset)[a.split]
-    images, gts = list(split["image"]), [json.loads(t) for t in split["target"]]
-    ocr = list(split["ocr"])
+    images, gts, ocr = held_out(a.dataset, a.split)
     model, processor = load_for_inference(params, a.base, a.adapter)
     settings = Settings.from_params(params).but(ocr_prompt=True)
     rows = {}
@@ -61,16 +55,34 @@ def main(argv: list[str] | None = None) -> None:
             metrics = {k: round(float(v), 4) for k, v in score(out, gts).items()}
             rows[f"{who} / {mode}"] = metrics | {"seconds": round(seconds, 1)}
             print(f"{who:10s} {mode:9s} {json.dumps(metrics)} {seconds:.0f}s", flush=True)
-    report = {
-        "split": a.split,
-        "n": len(images),
-        "rows": rows,
+    write_report(a.report, {"split": a.split, "n": len(images), "rows": rows})
+    print(f"decoding: {a.report}")
+
+
+def model_args(ap: argparse.ArgumentParser, split: str) -> None:
+    """The params, dataset, base and adapter to read with, and the split to read."""
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default="artifacts/dataset")
+    ap.add_argument("--base", default="artifacts/base")
+    ap.add_argument("--adapter", default="artifacts/adapter")
+    ap.add_argument("--split", default=split)
+
+
+def held_out(dataset: str, split: str) -> tuple[list, list[dict], list[str]]:
+    """A split's images, gt_parse dicts and OCR texts (as ingest stored them; "" for none)."""
+    records = load_dataset_dir(dataset)[split]
+    targets = [json.loads(t) for t in records["target"]]
+    return list(records["image"]), targets, [o or "" for o in records["ocr"]]
+
+
+def write_report(path: str, report: dict) -> None:
+    """The report, with the machine, torch's threads and the date it was measured on."""
+    report |= {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    Path(a.report).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"decoding: {a.report}")
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

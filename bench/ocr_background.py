@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import time
-from pathlib import Path
 
-import torch
-
+from bench.decoding import held_out, model_args, write_report
 from tasks.core.config import load_params
 from tasks.data.augment import with_background
-from tasks.data.dataset import load_dataset_dir
 from tasks.evaluate import load_for_inference
 from tasks.evaluation.metrics import score
 from tasks.inference.generation import Settings, answers
@@ -32,19 +28,13 @@ from tasks.inference.generation import Settings, answers
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--dataset", default="artifacts/dataset")
-    ap.add_argument("--base", default="artifacts/base")
-    ap.add_argument("--adapter", default="artifacts/adapter")
-    ap.add_argument("--split", default="validation")
+    model_args(ap, split="validation")
     ap.add_argument("--max-lines", type=int, default=8)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--report", default="docs/ocr_background.json")
     a = ap.parse_args(argv)
     params = load_params(a.params)
-    split = load_dataset_dir(a.dataset)[a.split]
-    images, gts = list(split["image"]), [json.loads(t) for t in split["target"]]
-    ocr = [o or "" for o in split["ocr"]]
+    images, gts, ocr = held_out(a.dataset, a.split)
     rng = random.Random(a.seed)
     noisy = [with_background(o, rng, a.max_lines) for o in ocr]
     model, processor = load_for_inference(params, a.base, a.adapter)
@@ -64,11 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         "max_lines": a.max_lines,
         "seed": a.seed,
         "rows": rows,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    Path(a.report).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(a.report, report)
     print(f"ocr_background: {a.report}")
 
 
