@@ -5,7 +5,7 @@ engine reads that too, so a real photo's OCR lines often start (or end) with sho
 that belong to no receipt line (`15C:1`, `atuakaill`, `Galo`). CORD's renders are the receipt
 alone, so a model trained on them has never seen such lines. `with_background` adds a few,
 seeded, above and below the receipt's own lines; at training (`train.ocr_background`) it
-teaches the model to pass over them, and `bench.ocr_noise` measures how much they cost.
+teaches the model to pass over them, and `bench.ocr_background` measures how much they cost.
 """
 
 from __future__ import annotations
