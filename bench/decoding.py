@@ -16,11 +16,11 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import torch
 
 from tasks.core.config import load_params
+from tasks.core.io import write_json_atomic
 from tasks.data.dataset import load_dataset_dir
 from tasks.evaluate import load_for_inference
 from tasks.evaluation.metrics import score
@@ -77,12 +77,12 @@ def held_out(dataset: str, split: str) -> tuple[list, list[dict], list[str]]:
 
 def write_report(path: str, report: dict) -> None:
     """The report, with the machine, torch's threads and the date it was measured on."""
-    report |= {
+    measured = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(path, report | measured)
 
 
 if __name__ == "__main__":
