@@ -7,9 +7,10 @@ md5, each stage's dvc.lock hash, params digest) and its metrics, and gets the al
 `challenger`. Writes reports/registration.json.
 
 Versions are registered by content: `model_digest` hashes what the pyfunc carries (the
-merged model, or the adapter plus its pinned base) and the config it serves with. When a
-version with that digest exists, no new version is made: the existing one is re-tagged with
-this run's lineage, metrics and gate, gets the alias, and the report says `"reused": true`.
+merged model, or the adapter plus its pinned base; the source of the code it runs) and the
+config it serves with. When a version with that digest exists, no new version is made: the
+existing one is re-tagged with this run's lineage, metrics and gate, gets the alias, and the
+report says `"reused": true`.
 """
 
 from __future__ import annotations
@@ -67,9 +68,14 @@ def _signature(json_schema: bool):
     )
 
 
-def model_digest(carried: str | Path, config: dict[str, Any]) -> str:
-    """sha256 of every file the pyfunc carries (relative path and bytes) and its serving config."""
-    return tree_digest(carried, header=json.dumps(config, sort_keys=True).encode())
+def model_digest(carried: str | Path, config: dict[str, Any], code: Path = CODE) -> str:
+    """sha256 of every file of the model the pyfunc carries (relative path and bytes), its
+    serving config and the source of the code it carries (`code`'s .py files): the same weights
+    served by other code are another version."""
+    source = tree_digest(code, sorted(code.rglob("*.py")))
+    return tree_digest(
+        carried, header=json.dumps(config, sort_keys=True).encode() + source.encode()
+    )
 
 
 def version_with_digest(client, name: str, digest: str):

@@ -120,10 +120,10 @@ class ReceiptReader:
         self, images: list[Image.Image], json_schema: bool | None = None
     ) -> list[dict[str, Any]]:
         """gt_parse dicts for the images; `json_schema` overrides the settings' for this call."""
-        from tasks.inference.ocr import ocr_text
+        from tasks.inference.ocr import ocr_texts
 
         s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
-        ocr = [ocr_text(im) for im in images] if s.ocr_prompt else None
+        ocr = ocr_texts(images) if s.ocr_prompt else None
         outputs = scored_answers(self.model, self.processor, images, s, ocr)
         texts: list[str | None] = list(ocr) if ocr is not None else [None] * len(images)
         rows = []

@@ -4,6 +4,7 @@ keep the printed layout; the cache stands in for the engine by image hash."""
 import io
 import json
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,28 @@ def test_the_cache_answers_by_image_hash_and_engine(tmp_path, monkeypatch):
     assert again.misses == 0
     monkeypatch.setattr(ocr, "engine_id", lambda: "another-engine")
     assert OcrCache(tmp_path / "ocr.jsonl.gz").entries == {}  # another engine reads anew
+
+
+def test_several_receipts_are_read_on_worker_threads_into_the_same_text(monkeypatch):
+    """predict, serving, scoring and ingest read a batch of images on one thread per core,
+    each with its own one-thread engine: the text is what reading one at a time gives."""
+    data = [receipt(i)[0] for i in (0, 1, 2)]
+    images = [Image.open(io.BytesIO(d)) for d in data]
+    one_by_one = [ocr.ocr_text(im) for im in images]
+    engines: list[int] = []
+    new_engine = ocr._new_engine
+
+    def counted(threads: int):
+        engines.append(threads)
+        return new_engine(threads)
+
+    monkeypatch.setattr(ocr, "_new_engine", counted)
+    monkeypatch.setattr(ocr, "_worker", threading.local())  # engines made afresh for this test
+
+    assert ocr.ocr_texts(images, workers=2) == one_by_one
+    assert 1 <= len(engines) <= 2 and set(engines) == {1}  # pool threads' own one-thread engines
+    assert ocr.read_many(OcrCache(None), data, workers=2) == one_by_one  # ingest's misses alike
+    assert all(t.count("\n") > 5 for t in one_by_one)  # receipts, not empty pages
 
 
 def test_the_shipped_cache_covers_the_shipped_renders():
