@@ -139,7 +139,7 @@ def run_ingest(
 
     With `ocr` (params' model.ocr_prompt), every record's OCR text is read once here, into the
     `ocr` column: from `ocr_cache` where that file has the image (by sha256 and engine), by
-    the engine on `workers` processes where it does not."""
+    the engine on `workers` threads where it does not."""
     import datasets
 
     carves: list[dict[str, Any]] = []

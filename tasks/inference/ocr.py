@@ -201,9 +201,8 @@ def _pool(workers: int):
 
 def _read_all(read: Callable[..., list[Word]], items: Sequence, workers: int) -> list[list[Word]]:
     """`read(item, engine)` of each item. Two or more are read on `workers` threads, each with
-    its own engine on one onnxruntime thread (onnxruntime and OpenCV release the GIL): on 2
-    cores 50 receipts take 26 s instead of 34 s on one engine of two threads
-    (docs/benchmarks.md). Either way the words are the same."""
+    its own engine on one onnxruntime thread (onnxruntime and OpenCV release the GIL): a
+    quarter faster than one engine on every core (`bench.ocr_threads`), and the same words."""
     if len(items) < 2 or workers < 2:
         return [read(item) for item in items]
     return list(_pool(workers).map(lambda item: read(item, _worker_engine()), items))
