@@ -136,6 +136,13 @@ def machine() -> str:
     )
 
 
+def write_measured(path: str | Path, report: dict) -> None:
+    """The report, with the machine and the date it was measured on, written atomically."""
+    from tasks.core.io import write_json_atomic
+
+    write_json_atomic(path, report | {"machine": machine(), "date": time.strftime("%Y-%m-%d")})
+
+
 def render(stages, noop, flow, fig, total, date) -> str:
     lines = [
         START,

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.cpu import machine
-from tasks.core.io import write_json_atomic
+from bench.cpu import write_measured
 from tasks.inference import ocr
 
 
@@ -46,10 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": seconds,
         "receipts_per_second": {k: round(len(images) / v, 2) for k, v in seconds.items()},
         "same_text": sum(x == y for x, y in zip(first, second, strict=True)),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    write_json_atomic(a.report, report)
+    write_measured(a.report, report)
     print(f"same text on {report['same_text']} of {len(images)} -> {a.report}")
 
 

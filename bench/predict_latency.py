@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cpu import machine
-from tasks.core.io import quiet_telemetry, write_json_atomic
+from bench.cpu import write_measured
+from tasks.core.io import quiet_telemetry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,10 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         "load_seconds": round(load_s, 1),
         "calls": calls,
         "max_seconds": max(c["seconds"] for c in calls),
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    write_json_atomic(a.report, report)
+    write_measured(a.report, report)
     print(f"load {load_s:.1f} s; slowest call {report['max_seconds']} s -> {a.report}")
 
 
