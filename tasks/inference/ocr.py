@@ -68,10 +68,15 @@ def _new_engine(threads: int):
     return eng
 
 
+def _cores() -> int:
+    """The cores OCR may use: OMP_NUM_THREADS where set, else every core this process has."""
+    return int(os.environ.get("OMP_NUM_THREADS", "0")) or len(os.sched_getaffinity(0))
+
+
 @lru_cache(maxsize=1)
 def _engine():
-    """This process's engine: onnxruntime on OMP_NUM_THREADS threads (default: every core)."""
-    return _new_engine(int(os.environ.get("OMP_NUM_THREADS", "0")) or -1)
+    """This process's engine, with onnxruntime on every core OCR may use."""
+    return _new_engine(_cores())
 
 
 _worker = threading.local()
@@ -209,8 +214,8 @@ def _read_all(read: Callable[..., list[Word]], items: Sequence, workers: int) ->
 
 
 def ocr_texts(images: Sequence[Image.Image], workers: int | None = None) -> list[str]:
-    """`ocr_text` of each image, read on `workers` threads (default: one per core)."""
-    found = _read_all(read_words, images, workers or len(os.sched_getaffinity(0)))
+    """`ocr_text` of each image, read on `workers` threads (default: one per core OCR may use)."""
+    found = _read_all(read_words, images, workers or _cores())
     return ["\n".join(layout_lines(words)) for words in found]
 
 
