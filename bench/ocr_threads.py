@@ -11,7 +11,6 @@ two ways' texts are compared.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, default=Path("docs/ocr_threads.json"))
     a = ap.parse_args(argv)
     images = [Image.open(p).convert("RGB") for p in a.images]
-    cores = len(os.sched_getaffinity(0))
+    cores = ocr.ocr_cores()
     ways = {
         "one engine, every core": lambda ims: [ocr.ocr_text(im) for im in ims],
         f"{cores} engines on threads": ocr.ocr_texts,

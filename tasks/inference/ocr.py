@@ -68,7 +68,7 @@ def _new_engine(threads: int):
     return eng
 
 
-def _cores() -> int:
+def ocr_cores() -> int:
     """The cores OCR may use: OMP_NUM_THREADS where set, else every core this process has."""
     return int(os.environ.get("OMP_NUM_THREADS", "0")) or len(os.sched_getaffinity(0))
 
@@ -76,7 +76,7 @@ def _cores() -> int:
 @lru_cache(maxsize=1)
 def _engine():
     """This process's engine, with onnxruntime on every core OCR may use."""
-    return _new_engine(_cores())
+    return _new_engine(ocr_cores())
 
 
 _worker = threading.local()
@@ -145,8 +145,13 @@ def layout_lines(words: list[Word]) -> list[str]:
 
 
 def ocr_text(image: Image.Image) -> str:
-    """The receipt's text as the prompt carries it: one printed line per line."""
-    return "\n".join(layout_lines(read_words(image)))
+    """The receipt's text as the prompt carries it (`as_text` of its words)."""
+    return as_text(read_words(image))
+
+
+def as_text(words: list[Word]) -> str:
+    """The words as the prompt carries them: their printed lines, one per line."""
+    return "\n".join(layout_lines(words))
 
 
 def image_sha256(data: bytes) -> str:
@@ -215,8 +220,8 @@ def _read_all(read: Callable[..., list[Word]], items: Sequence, workers: int) ->
 
 def ocr_texts(images: Sequence[Image.Image], workers: int | None = None) -> list[str]:
     """`ocr_text` of each image, read on `workers` threads (default: one per core OCR may use)."""
-    found = _read_all(read_words, images, workers or _cores())
-    return ["\n".join(layout_lines(words)) for words in found]
+    found = _read_all(read_words, images, workers or ocr_cores())
+    return [as_text(words) for words in found]
 
 
 def read_many(cache: OcrCache, items: list[bytes], workers: int) -> list[str]:
@@ -227,7 +232,7 @@ def read_many(cache: OcrCache, items: list[bytes], workers: int) -> list[str]:
     for key, words in zip(todo, _read_all(_words_of, list(todo.values()), workers), strict=True):
         cache.entries[key] = words
         cache.misses += 1
-    return ["\n".join(layout_lines(cache.entries[k])) for k in keys]
+    return [as_text(cache.entries[k]) for k in keys]
 
 
 def main(argv: list[str] | None = None) -> None:
