@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.cpu import write_measured
+from tasks.core.cpu import cores
 from tasks.inference import ocr
 
 
@@ -26,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path, default=Path("docs/ocr_threads.json"))
     a = ap.parse_args(argv)
     images = [Image.open(p).convert("RGB") for p in a.images]
-    cores = ocr.ocr_cores()
+    n = cores()
     ways = {
         "one engine, every core": lambda ims: [ocr.ocr_text(im) for im in ims],
-        f"{cores} engines on threads": ocr.ocr_texts,
+        f"{n} engines on threads": ocr.ocr_texts,
     }
     seconds, texts = {}, {}
     for name, read in ways.items():

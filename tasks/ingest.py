@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 from tasks.core import cli
 from tasks.core.config import IngestParams
+from tasks.core.cpu import cores
 from tasks.core.errors import BadInput, MissingInput
 from tasks.core.io import atomic_dir, write_json_atomic
 from tasks.data.dataset import SPLITS
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             a.dataset,
             ocr=p.model.ocr_prompt,
             ocr_cache=a.ocr_cache,
-            workers=len(os.sched_getaffinity(0)),
+            workers=cores(),
         )
         return f"ingest: {', '.join(f'{k}={v}' for k, v in counts.items())} -> {a.dataset}"
 

@@ -202,6 +202,7 @@ def receipt_collator(params: Params, processor, train) -> ReceiptCollator:
         background=bg.share,
         background_lines=bg.max_lines,
         seed=params.train.args.seed,
+        pad_to_multiple_of=params.train.pad_to_multiple_of,
     )
     for record in train:
         collator.encode(record)

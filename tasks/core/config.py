@@ -219,6 +219,9 @@ class TrainParams(_Section):
     # Extra fully-trained modules (peft modules_to_save). Empty for a 7B base: plain QLoRA.
     modules_to_save: list[str]
     gradient_checkpointing: bool
+    # A batch is padded to a multiple of this many tokens: fewer distinct shapes, so a CPU's
+    # oneDNN bfloat16 kernels are built for (and cache) fewer of them. 1 = the longest record.
+    pad_to_multiple_of: int = Field(default=1, ge=1)
     decay_fraction: float = Field(gt=0, le=1)
     # Data-parallel processes for the train stage (DDP through torchrun): "auto" = one per
     # visible GPU (1 on CPU). per_device_train_batch_size is per process.

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import statistics
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from tasks.core.cpu import cores
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,10 @@ def _new_engine(threads: int):
     return eng
 
 
-def ocr_cores() -> int:
-    """The cores OCR may use: OMP_NUM_THREADS where set, else every core this process has."""
-    return int(os.environ.get("OMP_NUM_THREADS", "0")) or len(os.sched_getaffinity(0))
-
-
 @lru_cache(maxsize=1)
 def _engine():
     """This process's engine, with onnxruntime on every core OCR may use."""
-    return _new_engine(ocr_cores())
+    return _new_engine(cores())
 
 
 _worker = threading.local()
@@ -220,7 +216,7 @@ def _read_all(read: Callable[..., list[Word]], items: Sequence, workers: int) ->
 
 def ocr_texts(images: Sequence[Image.Image], workers: int | None = None) -> list[str]:
     """`ocr_text` of each image, read on `workers` threads (default: one per core OCR may use)."""
-    found = _read_all(read_words, images, workers or ocr_cores())
+    found = _read_all(read_words, images, workers or cores())
     return [as_text(words) for words in found]
 
 
@@ -241,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     from tasks.core.errors import MissingInput
 
     ap = cli.parser("OCR every image of a raw snapshot into a cache.", paths=("data", "ocr_cache"))
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=cores())
 
     def body(a, p) -> str:
         folder = Path(a.data) / "images"

@@ -49,6 +49,8 @@ class ReceiptCollator:
     background: float = 0.0
     background_lines: int = 8
     seed: int = 0
+    # A batch's width is rounded up to a multiple of this (pads are masked and carry no labels).
+    pad_to_multiple_of: int = 1
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -89,7 +91,8 @@ class ReceiptCollator:
         tok = self.processor.tokenizer
         image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
         encoded = [self._encode_drawn(r) for r in records]
-        width = max(len(ids) for ids, _, _ in encoded)
+        longest = max(len(ids) for ids, _, _ in encoded)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(encoded), width), dtype=torch.long)
         labels = torch.full((len(encoded), width), -100, dtype=torch.long)

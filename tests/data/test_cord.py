@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tasks.data.sources import cord
-from tasks.data.sources.photo import render_photo
+from tasks.data.sources.photo import render_photo, render_photos
 from tests.conftest import CORD_JSON, REPO, needs, small_params
 
 SHIPPED = REPO / cord.SHIPPED
@@ -67,6 +67,17 @@ def test_photo_renders_are_seeded_per_record_and_look_like_photos():
     h, w = grey.shape
     assert grey[2, 2] < grey[h // 8, w // 2]
     assert grey.min() < 100
+
+
+def test_many_renders_on_threads_are_the_bytes_drawn_one_at_a_time():
+    rows = shipped_rows()[:6]
+    jobs = [(json.loads(r["ground_truth"]), f"cord-{r['split']}-{r['name']}") for r in rows]
+    one_by_one = [render_photo(ann, rid, 400) for ann, rid in jobs]
+    assert render_photos(jobs, 400, workers=3) == one_by_one
+    bad = list(jobs)
+    bad[4] = ({"valid_line": [], "meta": {}}, "cord-train-broken")
+    with pytest.raises(ValueError, match=r"record 'cord-train-broken': field meta.image_size"):
+        render_photos(bad, 400, workers=3)
 
 
 def test_the_cord_source_renders_every_row_with_its_split(tmp_path):

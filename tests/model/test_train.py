@@ -38,6 +38,24 @@ def test_collator_masks_prompt_pad_and_image_tokens(params, dataset_dir, process
     assert batch["pixel_values"].shape[0] == 2
 
 
+def test_a_batch_padded_to_a_multiple_is_the_same_batch_with_masked_columns(
+    params, dataset_dir, processor
+):
+    train = load_dataset_dir(dataset_dir)["train"]
+    records = [train[0], train[1]]
+    max_len = max_length_for(processor, params.ingest.prompt, list(train["target"]))
+    tight = ReceiptCollator(processor, params.ingest.prompt, max_len)(records)
+    wide = ReceiptCollator(processor, params.ingest.prompt, max_len, pad_to_multiple_of=64)(records)
+    width = tight["input_ids"].shape[1]
+    assert wide["input_ids"].shape[1] % 64 == 0 and wide["input_ids"].shape[1] >= width
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(wide[key][:, :width], tight[key])
+    assert (wide["attention_mask"][:, width:] == 0).all() and (
+        wide["labels"][:, width:] == -100
+    ).all()
+    assert torch.equal(wide["pixel_values"], tight["pixel_values"])
+
+
 def test_overlong_target_is_rejected_not_truncated(params, dataset_dir, processor):
     record = dict(load_dataset_dir(dataset_dir)["train"][0])
     record["target"] = record["target"] * 20

@@ -22,7 +22,7 @@ from pathlib import Path
 from tasks.core.config import CordParams
 from tasks.core.errors import BadInput, MissingInput
 from tasks.data.sources import RawRecord
-from tasks.data.sources.photo import render_photo
+from tasks.data.sources.photo import render_photos
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load(p: CordParams, max_side: int, path: str | Path = SHIPPED) -> list[RawRe
             Path(path).parent / "excluded.json",
         )
     dev = dev_splits([r["name"] for r in rows if r["split"] == "dev"], p)
-    records = []
+    jobs, splits = [], []
     for r in rows:
         rid = f"cord-{r['split']}-{r['name']}"
         try:
@@ -78,11 +78,14 @@ def load(p: CordParams, max_side: int, path: str | Path = SHIPPED) -> list[RawRe
         except json.JSONDecodeError as exc:
             raise BadInput(f"record {rid!r}: field ground_truth is not JSON ({exc})") from exc
         if r["split"] == "train":
-            split = "train"
+            splits.append("train")
         elif r["split"] == "dev":
-            split = dev[r["name"]]
+            splits.append(dev[r["name"]])
         else:
             raise BadInput(f"record {rid!r}: field split={r['split']!r} is not train or dev")
-        image = render_photo(ann, rid, max_side)
-        records.append(RawRecord(rid, split, image, r["ground_truth"]))
-    return records
+        jobs.append((ann, rid))
+    images = render_photos(jobs, max_side)
+    return [
+        RawRecord(rid, split, image, r["ground_truth"])
+        for (_, rid), split, image, r in zip(jobs, splits, images, rows, strict=True)
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tasks.core.errors import BadInput, MissingInput
 from tasks.data.sources import RawRecord
-from tasks.data.sources.photo import render_photo
+from tasks.data.sources.photo import render_photos
 
 SPLIT_DIRS = {"train": "train", "dev": "validation", "test": "test"}
 
@@ -19,7 +19,7 @@ def load(directory: str | Path, max_side: int) -> list[RawRecord]:
     root = Path(directory)
     if not root.is_dir():
         raise MissingInput(f"cord-json source: directory {root} does not exist")
-    records = []
+    jobs, rest = [], []
     for folder, split in SPLIT_DIRS.items():
         for path in sorted((root / folder).glob("*.json")):
             rid = f"cord-{folder}-{path.stem}"
@@ -28,7 +28,12 @@ def load(directory: str | Path, max_side: int) -> list[RawRecord]:
                 ann = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise BadInput(f"record {rid!r} ({path}): ground truth is not JSON: {exc}") from exc
-            records.append(RawRecord(rid, split, render_photo(ann, rid, max_side), text))
-    if not records:
+            jobs.append((ann, rid))
+            rest.append((split, text))
+    if not jobs:
         raise BadInput(f"cord-json source: no {{train,dev,test}}/*.json files under {root}")
-    return records
+    images = render_photos(jobs, max_side)
+    return [
+        RawRecord(rid, split, image, text)
+        for (_, rid), (split, text), image in zip(jobs, rest, images, strict=True)
+    ]

@@ -1,0 +1,120 @@
+"""The default recipe trained in another compute dtype on this CPU: speed and validation quality.
+
+    python -m bench.precision --speed-steps 60 [--dtypes float32 bfloat16]
+    python -m bench.precision --full --dtypes bfloat16 [--reference artifacts/adapter]
+
+`train.compute_dtype: bfloat16` on a CPU keeps the 4-bit base, runs the rest of the model in
+bfloat16 and trains under bfloat16 autocast (CPUs with AVX512-BF16 or AMX run it natively);
+inference stays float32 on a CPU. --speed-steps trains each dtype for the same first steps
+(the same seed, so the same batches) back to back and reports samples/s. --full trains the
+whole schedule in each dtype and scores it on the *validation* split with the pipeline's
+run_evaluate, beside --reference (an adapter trained by the pipeline, float32), scored the same
+way in the same run. The test split is not read. Report: --report (JSON, with the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.cpu import write_measured
+from bench.seed_screen import StopAt, validation_as_test
+from tasks.core.config import load_params
+from tasks.core.io import quiet_telemetry
+from tasks.evaluate import run_evaluate
+from tasks.train import run_train
+
+QUALITY = ("json_valid_rate", "ted_accuracy", "field_f1", "total_price_exact", "distinct_answers")
+
+
+def trained(
+    project: Path, dataset: Path, dtype: str, out: Path, stop_at: int | None, pad: int | None
+) -> tuple[Any, dict[str, Any]]:
+    """(params, train summary) of params.yaml's recipe in `dtype` (batches padded to a multiple
+    of `pad` tokens where given), stopped at `stop_at` steps."""
+    p = load_params(project / "params.yaml")
+    pad = pad or p.train.pad_to_multiple_of
+    p.train = p.train.model_copy(update={"compute_dtype": dtype, "pad_to_multiple_of": pad})
+    s = run_train(
+        p,
+        dataset,
+        project / "artifacts/base",
+        out / "adapter",
+        out / "ckpt",
+        out / "train.json",
+        callbacks=[StopAt(stop_at)] if stop_at else None,
+    )
+    return p, s
+
+
+def quality(p, dataset: Path, project: Path, adapter: Path, out: Path) -> dict[str, Any]:
+    m = run_evaluate(
+        p, dataset, project / "artifacts/base", adapter, out / "m.json", out / "p.jsonl"
+    )
+    return {k: m[k] for k in QUALITY} | {"n_validation": m["n"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    quiet_telemetry()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--project", type=Path, default=Path("."))
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--speed-steps", type=int)
+    mode.add_argument("--full", action="store_true")
+    ap.add_argument("--pad-to-multiple-of", type=int, help="train.pad_to_multiple_of")
+    ap.add_argument("--reference", type=Path, default=Path("artifacts/adapter"))
+    ap.add_argument("--report", type=Path)
+    a = ap.parse_args(argv)
+    project = a.project.resolve()
+    report: dict[str, Any] = {
+        "mode": "full" if a.full else f"{a.speed_steps} steps",
+        "pad_to_multiple_of": a.pad_to_multiple_of
+        or load_params(project / "params.yaml").train.pad_to_multiple_of,
+        "rows": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="precision-") as tmp:
+        work = Path(tmp)
+        dataset = validation_as_test(project / "artifacts/dataset", work / "dataset")
+        for dtype in a.dtypes:
+            t0 = time.perf_counter()
+            p, s = trained(
+                project,
+                dataset,
+                dtype,
+                work / dtype,
+                None if a.full else a.speed_steps,
+                a.pad_to_multiple_of,
+            )
+            row = {
+                "steps": s["steps_this_run"],
+                "train_seconds": round(time.perf_counter() - t0, 1),
+                "samples_per_second": round(
+                    s["steps_this_run"]
+                    * p.train.args.per_device_train_batch_size
+                    / s["train_seconds"],
+                    3,
+                ),
+                "final_loss": s["final_loss"],
+                "peak_rss_mb": round(s["peak_rss_mb"]),
+            }
+            if a.full:
+                row |= quality(p, dataset, project, work / dtype / "adapter", work / dtype)
+            report["rows"][dtype] = row
+            print(dtype, json.dumps(row), flush=True)
+        if a.full:
+            p = load_params(project / "params.yaml")
+            ref = quality(p, dataset, project, a.reference, work / "reference")
+            report["rows"][f"reference ({a.reference})"] = ref
+            print("reference", json.dumps(ref), flush=True)
+    if a.report:
+        write_measured(a.report, report)
+        print(f"precision: {a.report}")
+
+
+if __name__ == "__main__":
+    main()
