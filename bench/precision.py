@@ -1,6 +1,7 @@
 """The default recipe trained in another compute dtype on this CPU: speed and validation quality.
 
-    python -m bench.precision --speed-steps 60 [--dtypes float32 bfloat16]
+    python -m bench.precision --speed-steps 150 --dtypes bfloat16 [--pad-to-multiple-of 64]
+        [--report docs/precision.json]
     python -m bench.precision --full --dtypes bfloat16 [--reference artifacts/adapter]
 
 `train.compute_dtype: bfloat16` on a CPU keeps the 4-bit base, runs the rest of the model in
@@ -9,7 +10,8 @@ inference stays float32 on a CPU. --speed-steps trains each dtype for the same f
 (the same seed, so the same batches) back to back and reports samples/s. --full trains the
 whole schedule in each dtype and scores it on the *validation* split with the pipeline's
 run_evaluate, beside --reference (an adapter trained by the pipeline, float32), scored the same
-way in the same run. The test split is not read. Report: --report (JSON, with the machine).
+way in the same run. The test split is not read. --report merges the rows into a JSON file
+(with the machine). Peak RSS is the process's: give one dtype per command to get each its own.
 """
 
 from __future__ import annotations
@@ -71,48 +73,38 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", type=Path)
     a = ap.parse_args(argv)
     project = a.project.resolve()
-    report: dict[str, Any] = {
-        "mode": "full" if a.full else f"{a.speed_steps} steps",
-        "pad_to_multiple_of": a.pad_to_multiple_of
-        or load_params(project / "params.yaml").train.pad_to_multiple_of,
-        "rows": {},
-    }
+    pad = a.pad_to_multiple_of or load_params(project / "params.yaml").train.pad_to_multiple_of
+    mode = "full run" if a.full else f"first {a.speed_steps} steps"
+    rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="precision-") as tmp:
         work = Path(tmp)
         dataset = validation_as_test(project / "artifacts/dataset", work / "dataset")
         for dtype in a.dtypes:
             t0 = time.perf_counter()
             p, s = trained(
-                project,
-                dataset,
-                dtype,
-                work / dtype,
-                None if a.full else a.speed_steps,
-                a.pad_to_multiple_of,
+                project, dataset, dtype, work / dtype, None if a.full else a.speed_steps, pad
             )
+            batch = p.train.args.per_device_train_batch_size
             row = {
                 "steps": s["steps_this_run"],
                 "train_seconds": round(time.perf_counter() - t0, 1),
-                "samples_per_second": round(
-                    s["steps_this_run"]
-                    * p.train.args.per_device_train_batch_size
-                    / s["train_seconds"],
-                    3,
-                ),
+                "samples_per_second": round(s["steps_this_run"] * batch / s["train_seconds"], 3),
                 "final_loss": s["final_loss"],
-                "peak_rss_mb": round(s["peak_rss_mb"]),
+                "peak_rss_mb": round(s["peak_rss_mb"]),  # the process's, so far
+                "date": time.strftime("%Y-%m-%d %H:%M"),
             }
             if a.full:
                 row |= quality(p, dataset, project, work / dtype / "adapter", work / dtype)
-            report["rows"][dtype] = row
+            rows[f"{dtype}, pad {pad}, {mode}"] = row
             print(dtype, json.dumps(row), flush=True)
         if a.full:
             p = load_params(project / "params.yaml")
             ref = quality(p, dataset, project, a.reference, work / "reference")
-            report["rows"][f"reference ({a.reference})"] = ref
+            rows[f"reference {a.reference}, validation"] = ref
             print("reference", json.dumps(ref), flush=True)
-    if a.report:
-        write_measured(a.report, report)
+    if a.report:  # rows of earlier commands are kept; one of the same name is replaced
+        earlier = json.loads(a.report.read_text())["rows"] if a.report.is_file() else {}
+        write_measured(a.report, {"rows": earlier | rows})
         print(f"precision: {a.report}")
 
 
