@@ -34,12 +34,11 @@ QUALITY = ("json_valid_rate", "ted_accuracy", "field_f1", "total_price_exact", "
 
 
 def trained(
-    project: Path, dataset: Path, dtype: str, out: Path, stop_at: int | None, pad: int | None
+    project: Path, dataset: Path, dtype: str, out: Path, stop_at: int | None, pad: int
 ) -> tuple[Any, dict[str, Any]]:
-    """(params, train summary) of params.yaml's recipe in `dtype` (batches padded to a multiple
-    of `pad` tokens where given), stopped at `stop_at` steps."""
+    """(params, train summary) of params.yaml's recipe in `dtype`, batches padded to a multiple
+    of `pad` tokens, stopped at `stop_at` steps."""
     p = load_params(project / "params.yaml")
-    pad = pad or p.train.pad_to_multiple_of
     p.train = p.train.model_copy(update={"compute_dtype": dtype, "pad_to_multiple_of": pad})
     s = run_train(
         p,

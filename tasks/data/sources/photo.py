@@ -20,6 +20,7 @@ import random
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,15 @@ def font_dir() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
-_thread = threading.local()
-
-
 def face(name: str, size: int) -> ImageFont.FreeTypeFont:
     """The face at this size, loaded once per thread: a FreeType face is not shared between
     threads."""
-    loaded = _thread.__dict__.setdefault("faces", {})
-    key = (name, max(6, size))
-    if key not in loaded:
-        loaded[key] = ImageFont.truetype(str(font_dir() / name), size=key[1])
-    return loaded[key]
+    return _face(threading.get_ident(), name, max(6, size))
+
+
+@lru_cache(maxsize=1024)
+def _face(thread: int, name: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(font_dir() / name), size=size)
 
 
 def _quad_points(quad: dict[str, Any], scale: float) -> list[tuple[float, float]]:
