@@ -4,12 +4,15 @@ test without CORD's own test split."""
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.data.sources import cord
+from tasks.data.sources import cord, photo
 from tasks.data.sources.photo import render_photo, render_photos
 from tests.conftest import CORD_JSON, REPO, needs, small_params
 
@@ -78,6 +81,45 @@ def test_many_renders_on_threads_are_the_bytes_drawn_one_at_a_time():
     bad[4] = ({"valid_line": [], "meta": {}}, "cord-train-broken")
     with pytest.raises(ValueError, match=r"record 'cord-train-broken': field meta.image_size"):
         render_photos(bad, 400, workers=3)
+
+
+RENDER_ONE = """
+import hashlib, json, sys
+from tasks.data.sources import cord
+from tasks.data.sources.photo import render_photo
+r = cord.read_annotations(cord.SHIPPED)[2]
+data = render_photo(json.loads(r["ground_truth"]), f"cord-{r['split']}-{r['name']}", 1280)
+print(hashlib.sha256(data).hexdigest())
+"""
+
+
+def test_a_render_is_the_same_bytes_whichever_blas_kernels_the_cpu_gets():
+    # This receipt's bytes differed between AVX512 and AVX2 machines when its words' warps were
+    # solved by numpy.linalg (OpenBLAS picks kernels by CPU); OPENBLAS_CORETYPE forces a pick.
+    digests = {
+        core: subprocess.run(
+            [sys.executable, "-c", RENDER_ONE],
+            cwd=REPO,
+            env=os.environ | {"OPENBLAS_CORETYPE": core},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for core in ("Prescott", "Haswell")
+    }
+    assert len(set(digests.values())) == 1 and len(digests["Haswell"]) == 64, digests
+
+
+def test_the_warp_coefficients_map_each_output_corner_to_its_input_corner():
+    src = [(0.0, 0.0), (84.0, 0.0), (84.0, 30.0), (0.0, 30.0)]  # the word's rendered mask
+    dst = [(3.2, 1.7), (40.9, 2.4), (41.3, 15.8), (2.6, 14.9)]  # its quad on the receipt
+    a, b, c, d, e, f, g, h = photo._perspective_coeffs(src, dst)
+    for (x, y), (u, v) in zip(dst, src, strict=True):
+        w = g * x + h * y + 1
+        assert (a * x + b * y + c) / w == pytest.approx(u, abs=1e-9)
+        assert (d * x + e * y + f) / w == pytest.approx(v, abs=1e-9)
+    with pytest.raises(ValueError, match="singular"):
+        photo._perspective_coeffs(src, [(1.0, 1.0)] * 4)  # a quad collapsed to a point
 
 
 def test_the_cord_source_renders_every_row_with_its_split(tmp_path):

@@ -5,7 +5,8 @@ the quad), in a TrueType face chosen per receipt (sans, mono, serif; regular and
 quad's own width stretches or condenses it), on thermal-paper texture. The receipt is then
 photographed: a small rotation and perspective tilt on a darker background, uneven light,
 blur, sensor noise and JPEG compression. Every effect is drawn from a generator seeded by
-the record id, so a record renders to the same bytes on every run, in any order:
+the record id, and nothing depends on the CPU's instruction set (see `_solve`), so a record
+renders to the same bytes on every run and machine, in any order:
 `render_photos` draws many on threads (PIL and numpy release the GIL), one per core.
 
 The faces are matplotlib's bundled DejaVu, STIX and Computer Modern TrueType files: real
@@ -71,11 +72,31 @@ def _perspective_coeffs(
     """Coefficients for PIL's PERSPECTIVE transform mapping output points `dst` to input `src`."""
     rows = []
     for (x, y), (u, v) in zip(dst, src, strict=True):
-        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-    a = np.array(rows, dtype=np.float64)
-    b = np.array([c for pt in src for c in pt], dtype=np.float64)
-    return np.linalg.lstsq(a, b, rcond=None)[0].tolist()
+        rows.append([x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y, u])
+        rows.append([0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y, v])
+    return _solve(rows)
+
+
+def _solve(aug: list[list[float]]) -> list[float]:
+    """x of the square system [A | b] (Gauss-Jordan, partial pivoting) in Python floats.
+
+    Not numpy.linalg: LAPACK through OpenBLAS picks its kernels by CPU, and their last bits
+    differ (AVX512 or AVX2 machines; OPENBLAS_CORETYPE shows it on one machine). A word's
+    warp is interpolated from these coefficients, so a last-bit change moves pixels, and the
+    same record rendered to other bytes on another CPU (another data hash, OCR cache misses).
+    Python's float arithmetic is IEEE double, one rounding per operation, on every CPU."""
+    n = len(aug)
+    m = [list(map(float, row)) for row in aug]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        if m[col][col] == 0.0:
+            raise ValueError("singular system: the quad has collinear corners")
+        for r in range(n):
+            if r != col and m[r][col] != 0.0:
+                k = m[r][col] / m[col][col]
+                m[r] = [a - k * b for a, b in zip(m[r], m[col], strict=True)]
+    return [m[i][n] / m[i][i] for i in range(n)]
 
 
 def _word_mask(text: str, font_name: str, height: int) -> Image.Image:
@@ -153,11 +174,11 @@ def render_photo(ann: dict[str, Any], record_id: str, max_side: int) -> bytes:
             try:
                 quad = _quad_points(word["quad"], scale)
                 text = str(word["text"])
-            except (KeyError, TypeError) as exc:
+                _draw_word(ink, text, quad, font_name)
+            except (KeyError, TypeError, ValueError) as exc:
                 raise BadInput(
-                    f"record {record_id!r}: field valid_line[].words[].quad or text invalid"
+                    f"record {record_id!r}: field valid_line[].words[].quad or text invalid ({exc})"
                 ) from exc
-            _draw_word(ink, text, quad, font_name)
     for rule in ann.get("repeating_symbol", []):
         for part in rule if isinstance(rule, list) else [rule]:
             quad = _quad_points(part["quad"], scale)
