@@ -130,9 +130,12 @@ def machine() -> str:
     import torch
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    # torch's kernel level (AVX2, AVX512, ...): 2-core x86_64 machines here have come with and
+    # without AVX512, and the default's training ran at 5.9 and 3.8 samples/s on the two
+    isa = torch.backends.cpu.get_cpu_capability()
     return (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, {mem:.0f} GiB RAM, no GPU used; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
+        f"{platform.machine()} ({isa}), {os.cpu_count()} CPU cores, {mem:.0f} GiB RAM, no GPU "
+        f"used; Python {platform.python_version()}, torch {torch.__version__}"
     )
 
 
