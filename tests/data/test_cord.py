@@ -122,6 +122,19 @@ def test_the_warp_coefficients_map_each_output_corner_to_its_input_corner():
         photo._perspective_coeffs(src, [(1.0, 1.0)] * 4)  # a quad collapsed to a point
 
 
+@pytest.mark.parametrize("where", ["valid_line", "repeating_symbol"])
+def test_a_degenerate_quad_is_one_line_naming_the_record_and_field(where):
+    ann = json.loads(shipped_rows()[0]["ground_truth"])
+    # three corners on one line: no perspective warp maps a word onto it
+    flat = {"x1": 100, "y1": 100, "x2": 300, "y2": 100, "x3": 500, "y3": 100, "x4": 100, "y4": 300}
+    if where == "valid_line":
+        ann["valid_line"][0]["words"][0]["quad"] = flat
+    else:
+        ann["repeating_symbol"] = [[{"quad": flat, "text": "-"}]]
+    with pytest.raises(ValueError, match=rf"record 'cord-x': field {where}\[\].*singular"):
+        render_photo(ann, "cord-x", 100_000)  # at its own size: the corners stay integers
+
+
 def test_the_cord_source_renders_every_row_with_its_split(tmp_path):
     rows = shipped_rows()
     some = [r for r in rows if r["split"] == "train"][:3] + [

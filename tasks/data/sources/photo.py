@@ -84,14 +84,17 @@ def _solve(aug: list[list[float]]) -> list[float]:
     differ (AVX512 or AVX2 machines; OPENBLAS_CORETYPE shows it on one machine). A word's
     warp is interpolated from these coefficients, so a last-bit change moves pixels, and the
     same record rendered to other bytes on another CPU (another data hash, OCR cache misses).
-    Python's float arithmetic is IEEE double, one rounding per operation, on every CPU."""
+    Python's float arithmetic is IEEE double, one rounding per operation, on every CPU.
+    ValueError when a pivot is exactly 0: a quad with three corners on one line, at whole
+    pixels (scaled corners can miss 0 by rounding; such a word is drawn with whatever the
+    near-singular solve gives, as it was with lstsq)."""
     n = len(aug)
     m = [list(map(float, row)) for row in aug]
     for col in range(n):
         pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
         m[col], m[pivot] = m[pivot], m[col]
         if m[col][col] == 0.0:
-            raise ValueError("singular system: the quad has collinear corners")
+            raise ValueError("singular system: a degenerate quad")
         for r in range(n):
             if r != col and m[r][col] != 0.0:
                 k = m[r][col] / m[col][col]
@@ -181,10 +184,15 @@ def render_photo(ann: dict[str, Any], record_id: str, max_side: int) -> bytes:
                 ) from exc
     for rule in ann.get("repeating_symbol", []):
         for part in rule if isinstance(rule, list) else [rule]:
-            quad = _quad_points(part["quad"], scale)
-            qh = max(2.0, quad[3][1] - quad[0][1])
-            n = max(1, int((quad[1][0] - quad[0][0]) / (qh * 0.6)))
-            _draw_word(ink, (part.get("text") or "-") * n, quad, font_name)
+            try:
+                quad = _quad_points(part["quad"], scale)
+                qh = max(2.0, quad[3][1] - quad[0][1])
+                n = max(1, int((quad[1][0] - quad[0][0]) / (qh * 0.6)))
+                _draw_word(ink, (part.get("text") or "-") * n, quad, font_name)
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise BadInput(
+                    f"record {record_id!r}: field repeating_symbol[].quad invalid ({exc})"
+                ) from exc
 
     paper = thermal_paper(w, h, rng)
     darkness = rng.uniform(0.7, 0.92)  # thermal ink is rarely pure black
