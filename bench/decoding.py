@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
 
+from bench.cpu import write_measured
 from tasks.core.config import load_params
-from tasks.core.io import write_json_atomic
 from tasks.data.dataset import load_dataset_dir
 from tasks.evaluate import load_for_inference
 from tasks.evaluation.metrics import score
@@ -76,13 +75,8 @@ def held_out(dataset: str, split: str) -> tuple[list, list[dict], list[str]]:
 
 
 def write_report(path: str, report: dict) -> None:
-    """The report, with the machine, torch's threads and the date it was measured on."""
-    measured = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    write_json_atomic(path, report | measured)
+    """The report, with the machine (bench.cpu's line), torch's threads and the date."""
+    write_measured(path, report | {"threads": torch.get_num_threads()})
 
 
 if __name__ == "__main__":

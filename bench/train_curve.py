@@ -67,10 +67,14 @@ def train_subset(dataset: Path, fraction: float, seed: int, out: Path) -> Path:
     return out
 
 
+def step_of(ckpt: Path) -> int:
+    """The global step a Trainer checkpoint folder (checkpoint-<step>) was saved at."""
+    return int(ckpt.name.split("-")[1])
+
+
 def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
     """The run's checkpoints (one per epoch), oldest first."""
-    found = [p for p in ckpt_dir.rglob("checkpoint-*") if p.is_dir()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return sorted((p for p in ckpt_dir.rglob("checkpoint-*") if p.is_dir()), key=step_of)
 
 
 def average_adapter(ckpts: list[Path], out: Path) -> Path:
@@ -93,6 +97,18 @@ def epoch_losses(ckpt: Path, steps_per_epoch: int) -> dict[int, float]:
         if "loss" in h:
             by_epoch.setdefault((h["step"] - 1) // steps_per_epoch + 1, []).append(h["loss"])
     return {e: round(sum(v) / len(v), 4) for e, v in sorted(by_epoch.items())}
+
+
+def read_with(model, processor, adapter: Path, settings, images, gts, ocr) -> dict[str, Any]:
+    """The validation metrics with `adapter` loaded beside the run's own (then unloaded)."""
+    model.load_adapter(str(adapter), adapter_name="read")
+    model.set_adapter("read")
+    t0 = time.perf_counter()
+    out = answers(model, processor, images, settings, ocr)
+    metrics = {k: round(float(v), 4) for k, v in score(out, gts).items() if k in QUALITY}
+    model.set_adapter("default")  # the run's own (the last epoch's), kept loaded
+    model.delete_adapter("read")
+    return metrics | {"read_seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,32 +150,29 @@ def main(argv: list[str] | None = None) -> None:
         train_seconds = round(time.perf_counter() - start, 1)
         print(f"{label}: trained {s['steps']} steps in {train_seconds} s", flush=True)
         ckpts = epoch_checkpoints(work / "epochs")
-        losses = epoch_losses(ckpts[-1], int(ckpts[0].name.split("-")[1]))
+        losses = epoch_losses(ckpts[-1], step_of(ckpts[0]))
         images, gts, ocr = held_out(str(dataset), "validation")
         if a.limit:  # a smoke run of the bench itself
             images, gts, ocr = images[: a.limit], gts[: a.limit], ocr[: a.limit]
         model, processor = load_for_inference(p, base, work / "adapter")
-        settings = Settings.from_params(p)
-        reads = [(f"epoch {i + 1}", c) for i, c in enumerate(ckpts)]
+        # (row name, adapter, its row's step and mean training loss)
+        reads = [
+            (f"epoch {e}", c, {"step": step_of(c), "mean_train_loss": losses.get(e)})
+            for e, c in enumerate(ckpts, start=1)
+        ]
         if a.average > 1 and len(ckpts) >= a.average:
             avg = average_adapter(ckpts[-a.average :], work / "average")
-            reads.append((f"mean of the last {a.average} epochs", avg))
-        for name, adapter in reads:
-            model.load_adapter(str(adapter), adapter_name=name.replace(" ", "_"))
-            model.set_adapter(name.replace(" ", "_"))
-            t0 = time.perf_counter()
-            out = answers(model, processor, images, settings, ocr)
-            metrics = {k: round(float(v), 4) for k, v in score(out, gts).items() if k in QUALITY}
-            epoch = int(name.split()[1]) if name.startswith("epoch") else None
-            row = metrics | {
-                "step": int(adapter.name.split("-")[1]) if epoch else None,
-                "mean_train_loss": losses.get(epoch) if epoch else None,
-                "read_seconds": round(time.perf_counter() - t0, 1),
-            }
-            rows[f"{label}, {name}"] = row
-            print(f"{label}, {name}: {json.dumps(row)}", flush=True)
-            model.set_adapter("default")  # the run's own (the last epoch's), kept loaded
-            model.delete_adapter(name.replace(" ", "_"))
+            reads.append(
+                (
+                    f"mean of the last {a.average} epochs",
+                    avg,
+                    {"step": None, "mean_train_loss": None},
+                )
+            )
+        for name, adapter, about in reads:
+            row = read_with(model, processor, adapter, Settings.from_params(p), images, gts, ocr)
+            rows[f"{label}, {name}"] = row | about
+            print(f"{label}, {name}: {json.dumps(rows[f'{label}, {name}'])}", flush=True)
     summary = {
         "train_records": s["train_records"],
         "train_seconds": train_seconds,
