@@ -1,7 +1,7 @@
 """The default recipe's learning curve on the validation split: quality after every epoch.
 
     python -m bench.train_curve [--project .] [--seed 0] [--train-fraction 1.0]
-        [--average 3] [--report docs/train_curve.json]
+        [--epochs N] [--average 3] [--report docs/train_curve.json]
 
 Trains params.yaml's recipe once (the project's dataset and base, what `make run` left in
 artifacts/), saving the adapter after every epoch, then reads the *validation* split with each
@@ -9,7 +9,8 @@ saved adapter through the pipeline's own generation and metrics (evaluate's sett
 prompt, held to the schema). With --average K it also reads the mean of the last K epochs'
 adapter weights (checkpoint averaging). With --train-fraction F < 1 it trains on a seeded
 draw of that share of the train split (the same number of epochs, so fewer steps): the data
-side of the curve. The test split is not read. Rows merge into --report by name, so a rerun
+side of the curve. With --epochs N it trains a schedule of N epochs instead of params.yaml's
+(the cosine decays over the shorter run). The test split is not read. Rows merge into --report by name, so a rerun
 with another seed or fraction adds its rows.
 """
 
@@ -28,7 +29,7 @@ from transformers import TrainerCallback
 
 from bench.cpu import write_measured
 from bench.decoding import held_out
-from tasks.core.config import load_params
+from tasks.core.config import TrainerArgs, load_params
 from tasks.core.io import quiet_telemetry
 from tasks.evaluate import load_for_inference
 from tasks.evaluation.metrics import score
@@ -52,6 +53,20 @@ class EpochSaves(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         name = f"checkpoint-{state.global_step}"
         shutil.copytree(Path(args.output_dir) / name, self.keep / name, dirs_exist_ok=True)
+
+
+def curve_args(args: TrainerArgs, seed: int, epochs: int = 0) -> TrainerArgs:
+    """The recipe's training arguments for a curve: this seed (weights and data order), a
+    checkpoint at every epoch's end and none deleted, and `epochs` epochs (0: the recipe's)."""
+    return args.model_copy(
+        update={
+            "seed": seed,
+            "data_seed": seed,
+            "save_steps": 10**9,  # saved at each epoch's end instead (EpochSaves)
+            "save_total_limit": 0,  # keep every epoch's
+        }
+        | ({"num_train_epochs": epochs} if epochs else {})
+    )
 
 
 def train_subset(dataset: Path, fraction: float, seed: int, out: Path) -> Path:
@@ -117,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--project", type=Path, default=Path("."))
     ap.add_argument("--seed", type=int, default=0, help="train.args.seed and data_seed")
     ap.add_argument("--train-fraction", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=0, help="num_train_epochs (0: params.yaml's)")
     ap.add_argument("--average", type=int, default=3, help="also read the mean of the last K")
     ap.add_argument("--limit", type=int, default=0, help="read only the first N (0: all)")
     ap.add_argument("--report", type=Path, default=Path("docs/train_curve.json"))
@@ -125,18 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     p = load_params(project / "params.yaml")
     base = project / "artifacts/base"
     label = f"seed {a.seed}, train {a.train_fraction:g}"
+    if a.epochs:
+        label += f", {a.epochs}-epoch schedule"
     rows: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="curve-") as tmp:
         work = Path(tmp)
         dataset = train_subset(project / "artifacts/dataset", a.train_fraction, a.seed, work / "ds")
-        p.train.args = p.train.args.model_copy(
-            update={
-                "seed": a.seed,
-                "data_seed": a.seed,
-                "save_steps": 10**9,  # saved at each epoch's end instead (EpochSaves)
-                "save_total_limit": 0,  # keep every epoch's
-            }
-        )
+        p.train.args = curve_args(p.train.args, a.seed, a.epochs)
         start = time.perf_counter()
         s = run_train(
             p,

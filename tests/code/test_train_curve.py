@@ -1,5 +1,5 @@
 """bench/train_curve.py's pieces that need no training: the checkpoint mean, the per-epoch
-losses and the seeded train draw."""
+losses, the seeded train draw and the training arguments of a curve."""
 
 import json
 
@@ -7,7 +7,15 @@ import datasets
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.train_curve import average_adapter, epoch_checkpoints, epoch_losses, train_subset
+from bench.train_curve import (
+    average_adapter,
+    curve_args,
+    epoch_checkpoints,
+    epoch_losses,
+    train_subset,
+)
+from tasks.core.config import load_params
+from tests.conftest import REPO
 
 
 def _checkpoint(root, step, value):
@@ -59,3 +67,17 @@ def test_a_train_fraction_is_a_seeded_draw_of_train_alone(tmp_path):
     assert len(half["train"]) == 5 and half["train"]["id"] == again["train"]["id"]
     assert set(half["train"]["id"]) < {f"t{i}" for i in range(10)}
     assert half["validation"]["id"] == ["v0", "v1"]
+
+
+def test_curve_args_save_every_epoch_and_change_only_the_epochs_asked():
+    recipe = load_params(REPO / "params.yaml").train.args
+
+    same = curve_args(recipe, seed=2)
+    shorter = curve_args(recipe, seed=2, epochs=3)
+
+    assert same.num_train_epochs == recipe.num_train_epochs and shorter.num_train_epochs == 3
+    for args in (same, shorter):
+        assert (args.seed, args.data_seed, args.save_total_limit) == (2, 2, 0)
+        assert args.save_steps > 10**6  # saved by EpochSaves at each epoch's end instead
+        assert args.learning_rate == recipe.learning_rate
+        assert args.lr_scheduler_type == recipe.lr_scheduler_type
