@@ -10,8 +10,8 @@ prompt, held to the schema). With --average K it also reads the mean of the last
 adapter weights (checkpoint averaging). With --train-fraction F < 1 it trains on a seeded
 draw of that share of the train split (the same number of epochs, so fewer steps): the data
 side of the curve. With --epochs N it trains a schedule of N epochs instead of params.yaml's
-(the cosine decays over the shorter run). The test split is not read. Rows merge into --report by name, so a rerun
-with another seed or fraction adds its rows.
+(the cosine decays over the shorter run). The test split is not read. Rows merge into --report
+by name, so a rerun with another seed, fraction or schedule adds its rows.
 """
 
 from __future__ import annotations
