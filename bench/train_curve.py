@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> None:
                     {"step": None, "mean_train_loss": None},
                 )
             )
+        settings = Settings.from_params(p)
         for name, adapter, about in reads:
-            row = read_with(model, processor, adapter, Settings.from_params(p), images, gts, ocr)
+            row = read_with(model, processor, adapter, settings, images, gts, ocr)
             rows[f"{label}, {name}"] = row | about
             print(f"{label}, {name}: {json.dumps(rows[f'{label}, {name}'])}", flush=True)
     summary = {
