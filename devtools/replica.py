@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,22 @@ def build_next_standin(
     return out_dir
 
 
+def _first_of_each_folder(cord_json_dir: str | Path, sizes: dict[str, int], out: Path) -> Path:
+    """A copy of the CORD-v1 annotation folders holding only the files a replica of these
+    sizes can use (dev fills validation, then test), so that only those are rendered. The
+    records keep their ids, and so their per-record render seeds."""
+    need = {
+        "train": sizes.get("train", 0),
+        "dev": sizes.get("validation", 0) + sizes.get("test", 0),
+        "test": sizes.get("test", 0),
+    }
+    for folder, n in need.items():
+        (out / folder).mkdir(parents=True)
+        for path in sorted((Path(cord_json_dir) / folder).glob("*.json"))[:n]:
+            shutil.copy(path, out / folder / path.name)
+    return out
+
+
 def build_cord_v2_replica(
     cord_json_dir: str | Path,
     sample_dir: str | Path,
@@ -218,12 +235,14 @@ def build_cord_v2_replica(
     rows: dict[str, list[dict[str, Any]]] = {split: [] for split in sizes}
     for r in imagefolder.load(sample_dir):
         rows["test"].append({"image": r.image_bytes, "ann": json.loads(r.ground_truth)})
-    for r in cord_json.load(cord_json_dir, max_side):
-        split = r.split or "train"
-        if split == "validation" and len(rows[split]) >= sizes[split]:
-            split = "test"
-        if split in rows and len(rows[split]) < sizes[split]:
-            rows[split].append({"image": r.image_bytes, "ann": json.loads(r.ground_truth)})
+    with tempfile.TemporaryDirectory() as tmp_in:
+        chosen = _first_of_each_folder(cord_json_dir, sizes, Path(tmp_in))
+        for r in cord_json.load(chosen, max_side):
+            split = r.split or "train"
+            if split == "validation" and len(rows[split]) >= sizes[split]:
+                split = "test"
+            if split in rows and len(rows[split]) < sizes[split]:
+                rows[split].append({"image": r.image_bytes, "ann": json.loads(r.ground_truth)})
     features = datasets.Features(
         {"image": datasets.Image(), "ground_truth": datasets.Value("string")}
     )

@@ -73,7 +73,7 @@ def test_one_command_runs_the_recipe_as_a_dvc_experiment(tmp_path):
     assert "llava-1.5-7b" in names, shown.stdout[:2000]
 
 
-@pytest.mark.slow  # ~3 min on 2 cores: data refresh, ingest and a training run end to end
+@pytest.mark.slow  # data refresh, ingest and a training run end to end
 @needs(CORD_JSON)
 @needs(CORD_SAMPLE)
 def test_a_recipe_trains_on_the_data_it_names(tmp_path, monkeypatch):

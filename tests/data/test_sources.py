@@ -135,7 +135,7 @@ def test_cord_json_renders_and_carves_a_test_split(tmp_path):
     assert again == counts
 
 
-@pytest.mark.slow  # ~3 min on 2 cores: a hub-layout build, ingest and validation end to end
+@pytest.mark.slow  # a hub-layout build, ingest and validation end to end
 @needs(CORD_JSON)
 @needs(CORD_SAMPLE)
 def test_hf_source_reads_a_local_replica_of_the_cord_v2_hub_repo(tmp_path, monkeypatch):
