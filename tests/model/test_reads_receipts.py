@@ -2,7 +2,7 @@
 answers that follow the image, and the gate tells a trained challenger from an under-trained one.
 
 These fine-tune the real default base with the default recipe for 450 steps instead of 1,200
-(~8 minutes on 2 cores), so they are `slow`; CI runs them. Before the pretrained base, the
+(8 to 15 minutes on one thread, by CPU), so they are `slow`; CI runs them. Before the pretrained base, the
 fine-tuned tiny model gave one of two answers for every receipt: these tests failed on it.
 """
 
