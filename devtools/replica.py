@@ -197,14 +197,12 @@ def _first_of_each_folder(cord_json_dir: str | Path, sizes: dict[str, int], out:
     """A copy of the CORD-v1 annotation folders holding only the files a replica of these
     sizes can use (dev fills validation, then test), so that only those are rendered. The
     records keep their ids, and so their per-record render seeds."""
-    need = {
-        "train": sizes.get("train", 0),
-        "dev": sizes.get("validation", 0) + sizes.get("test", 0),
-        "test": sizes.get("test", 0),
-    }
-    for folder, n in need.items():
+    from tasks.data.sources.cord_json import SPLIT_DIRS
+
+    need = dict(sizes) | {"validation": sizes.get("validation", 0) + sizes.get("test", 0)}
+    for folder, split in SPLIT_DIRS.items():
         (out / folder).mkdir(parents=True)
-        for path in sorted((Path(cord_json_dir) / folder).glob("*.json"))[:n]:
+        for path in sorted((Path(cord_json_dir) / folder).glob("*.json"))[: need.get(split, 0)]:
             shutil.copy(path, out / folder / path.name)
     return out
 
