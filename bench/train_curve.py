@@ -77,7 +77,10 @@ def train_subset(dataset: Path, fraction: float, seed: int, out: Path) -> Path:
         return dataset
     dd = datasets.load_from_disk(str(dataset))
     n = max(1, round(len(dd["train"]) * fraction))
-    dd["train"] = dd["train"].shuffle(seed=seed).select(range(n))
+    # in memory: an indices cache file written beside the project's dataset would change
+    # its DVC output, as in the train stage
+    train = dd["train"].shuffle(seed=seed, keep_in_memory=True)
+    dd["train"] = train.select(range(n), keep_in_memory=True)
     dd.save_to_disk(str(out))
     return out
 

@@ -60,6 +60,7 @@ def test_a_train_fraction_is_a_seeded_draw_of_train_alone(tmp_path):
         }
     )
     ds.save_to_disk(str(tmp_path / "full"))
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "full").rglob("*"))
 
     assert train_subset(tmp_path / "full", 1.0, 0, tmp_path / "same") == tmp_path / "full"
     half = datasets.load_from_disk(str(train_subset(tmp_path / "full", 0.5, 3, tmp_path / "a")))
@@ -67,6 +68,8 @@ def test_a_train_fraction_is_a_seeded_draw_of_train_alone(tmp_path):
     assert len(half["train"]) == 5 and half["train"]["id"] == again["train"]["id"]
     assert set(half["train"]["id"]) < {f"t{i}" for i in range(10)}
     assert half["validation"]["id"] == ["v0", "v1"]
+    # the draw writes nothing beside the source (a DVC output in the pipeline)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "full").rglob("*")) == files
 
 
 def test_curve_args_save_every_epoch_and_change_only_the_epochs_asked():
