@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 
 from bench.cpu import write_measured
@@ -34,6 +33,7 @@ from tasks.core.io import quiet_telemetry
 from tasks.evaluate import load_for_inference
 from tasks.evaluation.metrics import score
 from tasks.inference.generation import Settings, answers
+from tasks.model.averaging import mean_state
 from tasks.train import run_train
 
 QUALITY = ("json_valid_rate", "ted_accuracy", "field_f1", "total_price_exact")
@@ -100,9 +100,8 @@ def average_adapter(ckpts: list[Path], out: Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     states = [load_file(str(c / "adapter_model.safetensors")) for c in ckpts]
-    mean = {k: torch.stack([s[k] for s in states]).mean(dim=0) for k in states[0]}
     out.mkdir(parents=True)
-    save_file(mean, str(out / "adapter_model.safetensors"))
+    save_file(mean_state(states), str(out / "adapter_model.safetensors"))
     shutil.copy(ckpts[-1] / "adapter_config.json", out / "adapter_config.json")
     return out
 

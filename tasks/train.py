@@ -10,6 +10,10 @@ training summary (steps, loss curve, samples/s, peak memory).
 With more than one process (`train.num_processes`; "auto" = one per visible GPU) the CLI
 relaunches itself under torchrun and the Trainer runs DDP (NCCL on GPUs, gloo on CPU);
 rank 0 alone writes the adapter, the summary and the loss curve.
+
+With `train.average_last` K > 1 the adapter written is the mean of the weights at the last K
+epochs' ends (tasks/model/averaging.py); checkpoints carry those weights, so a resumed run
+averages the same ones.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from tasks.core.config import Params, TrainParams
 from tasks.core.digest import tree_digest
 from tasks.core.io import atomic_dir, write_json_atomic, write_text_atomic
 from tasks.core.progress import clock
+from tasks.model.averaging import EpochAverage
 from tasks.model.collator import ReceiptCollator, max_length_for
 from tasks.model.modeling import (
     base_ref,
@@ -270,11 +275,16 @@ def run_train(
     args = training_arguments(t, ckpt_dir, len(train), world)
     run_digest = f"{params.digest()}-{train._fingerprint}-{base_fingerprint(base)}"
     ckpts = _Checkpoints.prepare(args, Path(ckpt_dir), run_digest, params.remote.checkpoint_every)
-    trainer, result, seconds = _fit(model, args, train, collator, ckpts, callbacks)
+    average = EpochAverage(t.average_last, ckpts.resume) if t.average_last > 1 else None
+    trainer, result, seconds = _fit(
+        model, args, train, collator, ckpts, [*(callbacks or []), *([average] if average else [])]
+    )
     summary = _summary(params, model, trainer, result, seconds, ckpts) | {
         "max_length": collator.max_length,
         "train_records": len(train),
         "left_out_too_long": left_out,
+        # the steps (epoch ends) whose adapter weights the written adapter averages
+        "averaged_steps": average.apply(model) if average else [trainer.state.global_step],
     }
     if trainer.is_world_process_zero():  # DDP: rank 0 writes the one copy of everything
         _save(params, model, processor, summary, adapter_dir, summary_path, loss_csv)

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from tasks.data.dataset import load_dataset_dir
+from tasks.model.averaging import SNAPSHOTS
 from tasks.model.collator import ReceiptCollator, TargetTooLong, max_length_for
 from tasks.model.modeling import IMAGE_TOKEN, load_model, load_processor, prompt_text
 from tasks.train import run_train
@@ -178,3 +180,82 @@ def test_a_rerun_of_the_same_params_trains_the_same_adapter(
     run_train(other, dataset_dir, base_dir, tmp_path / "b", tmp_path / "c", tmp_path / "s2.json")
     reseeded = adapter(tmp_path / "b")
     assert any(not torch.equal(first[k], reseeded[k]) for k in first)
+
+
+class EpochEnds(TrainerCallback):
+    """Records the adapter weights at every epoch's end, by global step."""
+
+    def __init__(self):
+        self.weights = {}
+
+    def on_epoch_end(self, args, state, control, model=None, **kw):
+        from peft import get_peft_model_state_dict
+
+        self.weights[state.global_step] = {
+            k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()
+        }
+
+
+def averaging(params):
+    """Params for 3 epochs (3 steps each), averaging the last 2."""
+    return updated(
+        params,
+        train={"average_last": 2, "args": {"max_steps": -1, "num_train_epochs": 3}},
+    )
+
+
+def test_the_adapter_is_the_mean_of_the_last_epochs_weights(
+    params, dataset_dir, base_dir, tmp_path
+):
+    from safetensors.torch import load_file
+
+    ends = EpochEnds()
+    p = averaging(params)
+    summary = run_train(
+        p,
+        dataset_dir,
+        base_dir,
+        tmp_path / "a",
+        tmp_path / "c",
+        tmp_path / "s.json",
+        callbacks=[ends],
+    )
+    steps = sorted(ends.weights)
+    assert len(steps) == 3 and summary["averaged_steps"] == steps[-2:]
+    adapter = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    last, before = ends.weights[steps[-1]], ends.weights[steps[-2]]
+    assert adapter.keys() == last.keys()
+    for k in adapter:
+        assert torch.allclose(adapter[k], (last[k] + before[k]) / 2, atol=1e-7)
+    assert any(not torch.equal(adapter[k], last[k]) for k in adapter)  # not the last step's
+    assert not list((tmp_path / "c").glob("checkpoint-*"))
+
+
+def test_a_resumed_run_averages_the_same_epochs_as_one_that_never_stopped(
+    params, dataset_dir, base_dir, tmp_path
+):
+    """The epochs' weights travel in the checkpoint: a crash in epoch 3, then a rerun
+    (resumed from epoch 2's end), writes the adapter a run without the crash writes."""
+    from safetensors.torch import load_file
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 7:
+                raise RuntimeError("simulated crash")
+
+    p, ckpt = averaging(params), tmp_path / "ckpt"
+    whole = run_train(
+        p, dataset_dir, base_dir, tmp_path / "w", tmp_path / "wc", tmp_path / "w.json"
+    )
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(
+            p, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json", callbacks=[Crash()]
+        )
+    kept = sorted(f.name for f in (ckpt / "checkpoint-6" / SNAPSHOTS).iterdir())
+    assert kept == ["step-3.safetensors", "step-6.safetensors"]
+    resumed = run_train(p, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
+    assert resumed["resumed_from"].endswith("checkpoint-6") and resumed["steps_this_run"] == 3
+    assert resumed["averaged_steps"] == whole["averaged_steps"] == [6, 9]
+    a = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "w" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
