@@ -123,7 +123,7 @@ def read_with(model, processor, adapter: Path, settings, images, gts, ocr) -> di
     t0 = time.perf_counter()
     out = answers(model, processor, images, settings, ocr)
     metrics = {k: round(float(v), 4) for k, v in score(out, gts).items() if k in QUALITY}
-    model.set_adapter("default")  # the run's own (the last epoch's), kept loaded
+    model.set_adapter("default")  # the run's own adapter, kept loaded
     model.delete_adapter("read")
     return metrics | {"read_seconds": round(time.perf_counter() - t0, 1)}
 

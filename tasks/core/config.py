@@ -230,7 +230,7 @@ class TrainParams(_Section):
     ocr_background: OcrBackgroundParams = OcrBackgroundParams(share=0.0, max_lines=8)
     # The adapter written is the mean of the LoRA weights at the end of the last this-many
     # epochs (checkpoint averaging); 1 = the last step's weights as they are.
-    average_last: int = Field(default=1, ge=1)
+    average_last: int = Field(ge=1)
     args: TrainerArgs
 
     @model_validator(mode="after")
