@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from tasks.core.io import atomic_dir
+
 log = logging.getLogger(__name__)
 
 SNAPSHOTS = "epoch-adapters"
@@ -45,6 +47,13 @@ class EpochAverage(TrainerCallback):
     def _load(self, folder: Path) -> None:
         from safetensors.torch import load_file
 
+        if not folder.is_dir():  # the run stopped between the checkpoint and its weights
+            log.warning(
+                "train: %s carries no epochs' weights: the adapter averages only the epochs "
+                "that end from here on",
+                folder.parent,
+            )
+            return
         for f in sorted(folder.glob("step-*.safetensors")):
             self.snapshots[int(f.stem.split("-")[1])] = load_file(str(f))
         self._trim()
@@ -70,9 +79,9 @@ class EpochAverage(TrainerCallback):
         from safetensors.torch import save_file
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}" / SNAPSHOTS
-        folder.mkdir(parents=True, exist_ok=True)
-        for step, weights in self.snapshots.items():
-            save_file(weights, str(folder / f"step-{step}.safetensors"))
+        with atomic_dir(folder) as tmp:  # whole or absent: never a half-written file to resume
+            for step, weights in self.snapshots.items():
+                save_file(weights, str(tmp / f"step-{step}.safetensors"))
 
     def steps(self) -> list[int]:
         """The global steps whose weights `mean()` averages, oldest first."""

@@ -122,24 +122,7 @@ def test_frozen_base_weights_do_not_move_during_training(params, dataset_dir, ba
 
 
 def test_resume_from_checkpoint_after_an_interrupted_run(params, dataset_dir, base_dir, tmp_path):
-    from transformers import TrainerCallback
-
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 4:
-                raise RuntimeError("simulated crash")
-
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(
-            params,
-            dataset_dir,
-            base_dir,
-            tmp_path / "a",
-            ckpt,
-            tmp_path / "s.json",
-            callbacks=[Crash()],
-        )
+    ckpt = crashed_at(4, params, dataset_dir, base_dir, tmp_path)
     assert (ckpt / "checkpoint-3").is_dir() and not (
         tmp_path / "a"
     ).exists()  # no half-written adapter
@@ -196,6 +179,33 @@ class EpochEnds(TrainerCallback):
         }
 
 
+def crashed_at(step, p, dataset_dir, base_dir, tmp_path):
+    """Train `p` into tmp_path/a until a crash at the end of `step`; its checkpoint folder."""
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(
+            p,
+            dataset_dir,
+            base_dir,
+            tmp_path / "a",
+            ckpt,
+            tmp_path / "s.json",
+            callbacks=[CrashAt(step)],
+        )
+    return ckpt
+
+
+class CrashAt(TrainerCallback):
+    """Raises at the end of global step `step`, as a crash would stop the run there."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
 def averaging(params):
     """Params for 3 epochs (3 steps each), averaging the last 2."""
     return updated(
@@ -238,19 +248,11 @@ def test_a_resumed_run_averages_the_same_epochs_as_one_that_never_stopped(
     (resumed from epoch 2's end), writes the adapter a run without the crash writes."""
     from safetensors.torch import load_file
 
-    class Crash(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 7:
-                raise RuntimeError("simulated crash")
-
-    p, ckpt = averaging(params), tmp_path / "ckpt"
+    p = averaging(params)
     whole = run_train(
         p, dataset_dir, base_dir, tmp_path / "w", tmp_path / "wc", tmp_path / "w.json"
     )
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_train(
-            p, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json", callbacks=[Crash()]
-        )
+    ckpt = crashed_at(7, p, dataset_dir, base_dir, tmp_path)
     kept = sorted(f.name for f in (ckpt / "checkpoint-6" / SNAPSHOTS).iterdir())
     assert kept == ["step-3.safetensors", "step-6.safetensors"]
     resumed = run_train(p, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
@@ -259,3 +261,20 @@ def test_a_resumed_run_averages_the_same_epochs_as_one_that_never_stopped(
     a = load_file(tmp_path / "a" / "adapter_model.safetensors")
     b = load_file(tmp_path / "w" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_without_its_epochs_weights_resumes_with_a_warning(
+    params, dataset_dir, base_dir, tmp_path, caplog
+):
+    """A run stopped between writing a checkpoint and its epochs' weights: the rerun resumes,
+    says so, and averages only the epochs that end after it."""
+    import shutil
+
+    p = averaging(params)
+    ckpt = crashed_at(7, p, dataset_dir, base_dir, tmp_path)
+    shutil.rmtree(ckpt / "checkpoint-6" / SNAPSHOTS)
+    with caplog.at_level("WARNING", logger="tasks.model.averaging"):
+        resumed = run_train(p, dataset_dir, base_dir, tmp_path / "a", ckpt, tmp_path / "s.json")
+    assert resumed["resumed_from"].endswith("checkpoint-6") and resumed["averaged_steps"] == [9]
+    assert "carries no epochs' weights" in caplog.text
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
