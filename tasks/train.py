@@ -284,7 +284,7 @@ def run_train(
         "train_records": len(train),
         "left_out_too_long": left_out,
         # the steps (epoch ends) whose adapter weights the written adapter averages
-        "averaged_steps": average.apply(model) if average else [trainer.state.global_step],
+        "averaged_steps": (average and average.apply(model)) or [trainer.state.global_step],
     }
     if trainer.is_world_process_zero():  # DDP: rank 0 writes the one copy of everything
         _save(params, model, processor, summary, adapter_dir, summary_path, loss_csv)

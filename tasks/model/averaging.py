@@ -90,11 +90,16 @@ class EpochAverage(TrainerCallback):
     def mean(self) -> dict[str, torch.Tensor]:
         return mean_state([self.snapshots[s] for s in self.steps()])
 
-    def apply(self, model) -> list[int]:
-        """Load the mean of the kept epochs' weights into `model`'s adapter; the steps averaged."""
+    def apply(self, model) -> list[int] | None:
+        """Load the mean of the kept epochs' weights into `model`'s adapter; the steps averaged.
+        None, with the model as it is, when no epoch's weights were kept (a run resumed at its
+        last step from a checkpoint without them)."""
         from peft import set_peft_model_state_dict
 
         steps = self.steps()
+        if not steps:
+            log.warning("train: no epoch's weights were kept: the adapter is the last step's")
+            return None
         set_peft_model_state_dict(model, self.mean())
         log.info("train: adapter = mean of the weights at steps %s", steps)
         return steps

@@ -278,3 +278,14 @@ def test_a_checkpoint_without_its_epochs_weights_resumes_with_a_warning(
     assert resumed["resumed_from"].endswith("checkpoint-6") and resumed["averaged_steps"] == [9]
     assert "carries no epochs' weights" in caplog.text
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_with_no_epochs_weights_kept_the_adapter_stays_the_last_steps(tmp_path, caplog):
+    """Resumed at the last step from a checkpoint without the epochs' weights, no epoch ends
+    again: nothing to average, so the model is left as it is, with a warning."""
+    from tasks.model.averaging import EpochAverage
+
+    average = EpochAverage(3, resume=tmp_path / "checkpoint-9")
+    with caplog.at_level("WARNING", logger="tasks.model.averaging"):
+        assert average.apply(model=None) is None  # the model is not touched
+    assert "carries no epochs' weights" in caplog.text and "the last step's" in caplog.text
