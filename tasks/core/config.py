@@ -221,13 +221,13 @@ class TrainParams(_Section):
     gradient_checkpointing: bool
     # A batch is padded to a multiple of this many tokens: fewer distinct shapes, so a CPU's
     # oneDNN bfloat16 kernels are built for (and cache) fewer of them. 1 = the longest record.
-    pad_to_multiple_of: int = Field(default=1, ge=1)
+    pad_to_multiple_of: int = Field(ge=1)
     decay_fraction: float = Field(gt=0, le=1)
     # Data-parallel processes for the train stage (DDP through torchrun): "auto" = one per
     # visible GPU (1 on CPU). per_device_train_batch_size is per process.
     num_processes: Literal["auto"] | Annotated[int, Field(ge=1)]
     # Background lines in the OCR text of some training records, as photos have; off: share 0.
-    ocr_background: OcrBackgroundParams = OcrBackgroundParams(share=0.0, max_lines=8)
+    ocr_background: OcrBackgroundParams
     # The adapter written is the mean of the LoRA weights at the end of the last this-many
     # epochs (checkpoint averaging); 1 = the last step's weights as they are.
     average_last: int = Field(ge=1)
@@ -262,7 +262,7 @@ class EvaluateParams(_Section):
     json_schema: bool
     # With json_schema and model.ocr_prompt, every value is held to a span of the receipt's OCR
     # lines (tasks.inference.constrained.SpanGrammars): the answer copies, it cannot invent.
-    ocr_spans: bool = False
+    ocr_spans: bool
     # How the low-confidence threshold is picked on the validation split (tasks.evaluation.calibration).
     confidence: ConfidenceParams
 
