@@ -21,8 +21,10 @@ def key_paths(d: dict, above: tuple = ()) -> list[tuple]:
     return out
 
 
-def test_the_default_params_load():
-    assert load_params(REPO / "params.yaml").train.average_last >= 1
+def test_the_typed_params_hold_exactly_the_keys_of_params_yaml():
+    """Nothing the file leaves out is filled in, and nothing in it is ignored."""
+    typed = load_params(REPO / "params.yaml").model_dump(by_alias=True)
+    assert set(key_paths(typed)) == set(key_paths(RAW))
 
 
 @pytest.mark.parametrize("path", key_paths(RAW), ids=".".join)
