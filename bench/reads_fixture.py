@@ -6,13 +6,13 @@ synthetic slips, free decoding, the last step's weights) at several seeds.
 Per seed: the test's data, dataset and base, its trained adapter and its tenth-trained one, each
 scored on the 16 test receipts by the pipeline's `run_evaluate`; the counts the tests assert on
 (valid answers, distinct totals, answers without a warning) and the gate's decisions both ways.
+Rows are merged into --out by `bench.seeds.merge` (a rerun seed's row is replaced).
 One torch thread, as on a test worker; about 8-12 minutes per seed on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import tempfile
 import time
@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from bench.cpu import machine
-from tasks.core.io import quiet_telemetry, write_json_atomic
+from bench.seeds import merge
+from tasks.core.io import quiet_telemetry
 from tasks.gate import decide
+from tests.conftest import REPO
 from tests.model.test_reads_receipts import STEPS, finetune, prepare
 
 
@@ -49,8 +50,6 @@ def one_seed(seed: int, work: Path) -> dict[str, Any]:
     good, bad = trained["metrics"], under["metrics"]
     return {
         "seed": seed,
-        "date": dt.date.today().isoformat(),
-        "machine": machine(),
         "steps": STEPS,
         "train_and_evaluate_s": seconds,
         "trained": _counts(trained),
@@ -72,15 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="reads-") as tmp:
             rows.append(one_seed(seed, Path(tmp)))
         print(json.dumps(rows[-1]), flush=True)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {"seeds": []}
-    kept = [r for r in old["seeds"] if r["seed"] not in args.seeds]
-    write_json_atomic(
-        args.out,
-        {
-            "command": "python -m bench.reads_fixture",
-            "seeds": sorted(kept + rows, key=lambda r: r["seed"]),
-        },
-    )
+    merge(args.out, rows, REPO)  # one row per seed, stamped with the date, machine and commit
 
 
 if __name__ == "__main__":
