@@ -102,8 +102,8 @@ def test_answers_follow_the_image(trained):
     """Receipts with different totals get different total_price values.
 
     300 steps of QLoRA do not yet read every amount exactly, so this asserts that the totals
-    vary with the receipt, not that they are right; the random tiny base before the reader gave 2 answers for 20 receipts and
-    failed this."""
+    vary with the receipt, not that they are right; the random tiny base before the reader
+    gave 2 answers for 20 receipts and failed this."""
     totals, said_totals = set(), set()
     for r in trained["rows"]:
         truth, said = json.loads(r["target"]), r["parsed"] or {}
