@@ -25,13 +25,13 @@ from bench.seeds import merge
 from tasks.core.io import quiet_telemetry
 from tasks.gate import decide
 from tests.conftest import REPO
-from tests.model.test_reads_receipts import STEPS, finetune, prepare
+from tests.model.test_reads_receipts import STEPS, finetune, prepare, total_price
 
 
 def _counts(run: dict) -> dict[str, Any]:
     rows = run["rows"]
     m = run["metrics"]
-    said = {((r["parsed"] or {}).get("total") or {}).get("total_price") for r in rows}
+    said = {total_price(r["parsed"]) for r in rows}
     return {
         "n": len(rows),
         "json_valid": round(m["json_valid_rate"] * len(rows)),

@@ -79,6 +79,11 @@ def prepare(root, seed: int = 0):
     return p
 
 
+def total_price(parse: dict | None) -> str | None:
+    """A gt_parse's total.total_price, None where the answer has none (or is no JSON)."""
+    return ((parse or {}).get("total") or {}).get("total_price")
+
+
 def finetune(p, root, steps: int, name: str) -> dict:
     p = p.model_copy(deep=True)
     p.train.args = p.train.args.model_copy(update={"max_steps": steps})
@@ -104,11 +109,8 @@ def test_answers_follow_the_image(trained):
     300 steps of QLoRA do not yet read every amount exactly, so this asserts that the totals
     vary with the receipt, not that they are right; the random tiny base before the reader
     gave 2 answers for 20 receipts and failed this."""
-    totals, said_totals = set(), set()
-    for r in trained["rows"]:
-        truth, said = json.loads(r["target"]), r["parsed"] or {}
-        totals.add((truth.get("total") or {}).get("total_price"))
-        said_totals.add((said.get("total") or {}).get("total_price"))
+    totals = {total_price(json.loads(r["target"])) for r in trained["rows"]}
+    said_totals = {total_price(r["parsed"]) for r in trained["rows"]}
     assert len(totals) >= 12, totals
     assert len(said_totals) >= 4, said_totals
     m = trained["metrics"]
