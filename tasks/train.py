@@ -208,6 +208,7 @@ def receipt_collator(params: Params, processor, train) -> ReceiptCollator:
         background_lines=bg.max_lines,
         seed=params.train.args.seed,
         pad_to_multiple_of=params.train.pad_to_multiple_of,
+        attention_mask=False,  # right padding: the same loss, and sdpa's faster causal kernel
     )
     for record in train:
         collator.encode(record)

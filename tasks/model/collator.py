@@ -51,6 +51,11 @@ class ReceiptCollator:
     seed: int = 0
     # A batch's width is rounded up to a multiple of this (pads are masked and carry no labels).
     pad_to_multiple_of: int = 1
+    # False: the batch has no attention_mask. Pads come after every real token (right
+    # padding), so causal attention alone keeps real tokens from seeing them, and pads carry
+    # no labels: the loss and its gradients are the same, and sdpa takes its causal kernel
+    # instead of a masked one (training's choice; generation pads on the left and needs it).
+    attention_mask: bool = True
     _rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -102,11 +107,10 @@ class ReceiptCollator:
             attention[i, : len(ids)] = 1
             labels[i, n_prompt : len(ids)] = row[n_prompt:]
         labels[input_ids == image_id] = -100
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "labels": labels,
-        } | {key: _stack([v[key] for _, _, v in encoded]) for key in encoded[0][2]}
+        text = {"input_ids": input_ids, "labels": labels}
+        if self.attention_mask:
+            text["attention_mask"] = attention
+        return text | {key: _stack([v[key] for _, _, v in encoded]) for key in encoded[0][2]}
 
     def _encode_drawn(
         self, record: dict[str, Any]

@@ -58,6 +58,36 @@ def test_a_batch_padded_to_a_multiple_is_the_same_batch_with_masked_columns(
     assert torch.equal(wide["pixel_values"], tight["pixel_values"])
 
 
+def test_training_batches_leave_out_the_mask_with_the_same_loss_and_gradients(
+    params, dataset_dir, processor, base_dir
+):
+    from tasks.train import receipt_collator
+
+    train = load_dataset_dir(dataset_dir)["train"]
+    records = [train[i] for i in range(4)]
+    batch = receipt_collator(params, processor, train)(records)
+    assert "attention_mask" not in batch  # the train stage's batches
+    masked = ReceiptCollator(processor, params.ingest.prompt, 10**6)(records)
+    lengths = masked["attention_mask"].sum(1)
+    assert lengths.min() < lengths.max()  # rows of different lengths: there are pads to mask
+    model = load_model(str(base_dir), quantization="none")
+    model.train()
+
+    def loss_and_grads(inputs):
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, grads = loss_and_grads(batch)
+    loss_masked, grads_masked = loss_and_grads(masked)
+    assert torch.allclose(loss, loss_masked, rtol=1e-5)
+    assert len(grads) == len(grads_masked) > 0
+    assert all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, grads_masked, strict=True)
+    )
+
+
 def test_overlong_target_is_rejected_not_truncated(params, dataset_dir, processor):
     record = dict(load_dataset_dir(dataset_dir)["train"][0])
     record["target"] = record["target"] * 20
