@@ -61,13 +61,17 @@ def test_a_batch_padded_to_a_multiple_is_the_same_batch_with_masked_columns(
 def test_training_batches_leave_out_the_mask_with_the_same_loss_and_gradients(
     params, dataset_dir, processor, base_dir
 ):
+    import dataclasses
+
     from tasks.train import receipt_collator
 
     train = load_dataset_dir(dataset_dir)["train"]
     records = [train[i] for i in range(4)]
-    batch = receipt_collator(params, processor, train)(records)
+    stage = receipt_collator(params, processor, train)
+    batch = stage(records)
     assert "attention_mask" not in batch  # the train stage's batches
-    masked = ReceiptCollator(processor, params.ingest.prompt, 10**6)(records)
+    masked = dataclasses.replace(stage, attention_mask=True)(records)  # the same, with its mask
+    assert torch.equal(masked["input_ids"], batch["input_ids"])
     lengths = masked["attention_mask"].sum(1)
     assert lengths.min() < lengths.max()  # rows of different lengths: there are pads to mask
     model = load_model(str(base_dir), quantization="none")
