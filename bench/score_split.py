@@ -30,7 +30,10 @@ def write_split(dataset: Path, split: str, folder: Path) -> int:
     """The split's images, their bytes untouched, as <id><suffix> files in folder."""
     from datasets import Image, load_from_disk
 
-    rows = load_from_disk(str(dataset))[split].cast_column("image", Image(decode=False))
+    splits = load_from_disk(str(dataset))
+    if split not in splits:
+        sys.exit(f"score_split: {dataset} has no split {split!r} (it has {', '.join(splits)})")
+    rows = splits[split].cast_column("image", Image(decode=False))
     folder.mkdir(parents=True, exist_ok=True)
     for row in rows:
         data = row["image"]["bytes"]
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     project = a.project.resolve()
     p = load_params(project / "params.yaml")
     name = p.register_.model_name
+    if not (project / p.paths.dataset).is_dir():
+        sys.exit(f"score_split: {project / p.paths.dataset}: no dataset (run `make run` first)")
     if a.folder:  # a child process: one round, its row on stdout
         with tempfile.TemporaryDirectory(prefix="score-split-") as out:
             row = score_once(a.folder, Path(out) / "score", name, a.model_version, project)
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         cmd += ["--folder", str(folder)]
         cmd += ["--model-version", a.model_version] if a.model_version else []
         for i in range(a.rounds):
-            done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=project)
+            done = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=project)
             row = {"round": i + 1} | json.loads(done.stdout.strip().splitlines()[-1])
             print(json.dumps(row), flush=True)
             rows.append(row)
