@@ -23,23 +23,23 @@ from pathlib import Path
 
 from bench.cpu import write_measured
 from tasks.core.config import load_params
+from tasks.core.errors import MissingInput
 from tasks.core.io import quiet_telemetry
+from tasks.data.dataset import load_dataset_dir
+from tasks.data.sources import image_ext
 
 
 def write_split(dataset: Path, split: str, folder: Path) -> int:
-    """The split's images, their bytes untouched, as <id><suffix> files in folder."""
-    from datasets import Image, load_from_disk
-
-    splits = load_from_disk(str(dataset))
+    """The split's images, their bytes untouched, as <id>.<ext> files in folder (named as a
+    snapshot names them)."""
+    splits = load_dataset_dir(dataset, decode_images=False)
     if split not in splits:
-        sys.exit(f"score_split: {dataset} has no split {split!r} (it has {', '.join(splits)})")
-    rows = splits[split].cast_column("image", Image(decode=False))
+        raise MissingInput(f"{dataset}: no split {split!r} (it has {', '.join(splits)})")
     folder.mkdir(parents=True, exist_ok=True)
-    for row in rows:
+    for row in splits[split]:
         data = row["image"]["bytes"]
-        suffix = ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png"
-        (folder / f"{row['id']}{suffix}").write_bytes(data)
-    return len(rows)
+        (folder / f"{row['id']}.{image_ext(data)}").write_bytes(data)
+    return len(splits[split])
 
 
 def score_once(folder: Path, out: Path, name: str, version: str | None, repo: Path) -> dict:
@@ -70,8 +70,6 @@ def main(argv: list[str] | None = None) -> None:
     project = a.project.resolve()
     p = load_params(project / "params.yaml")
     name = p.register_.model_name
-    if not (project / p.paths.dataset).is_dir():
-        sys.exit(f"score_split: {project / p.paths.dataset}: no dataset (run `make run` first)")
     if a.folder:  # a child process: one round, its row on stdout
         with tempfile.TemporaryDirectory(prefix="score-split-") as out:
             row = score_once(a.folder, Path(out) / "score", name, a.model_version, project)
@@ -80,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="score-split-") as tmp:
         folder = Path(tmp) / a.split
-        n = write_split(project / p.paths.dataset, a.split, folder)
+        try:
+            n = write_split(project / p.paths.dataset, a.split, folder)
+        except MissingInput as exc:
+            sys.exit(f"score_split: {exc}")
         print(f"score_split: {n} {a.split} images -> {folder}", flush=True)
         cmd = [sys.executable, "-m", "bench.score_split", "--project", str(project)]
         cmd += ["--folder", str(folder)]

@@ -40,6 +40,11 @@ def parse_source(source: str) -> tuple[str, str | None]:
     return kind, (arg or None)
 
 
+def image_ext(data: bytes) -> str:
+    """The file extension a snapshot gives an image's bytes: jpg for JPEG, png otherwise."""
+    return "jpg" if data[:3] == b"\xff\xd8\xff" else "png"
+
+
 def write_snapshot(records: list[RawRecord], out_dir: Path, source: str) -> None:
     """Write records in imagefolder layout into out_dir (which must not exist yet)."""
     images = out_dir / "images"
@@ -50,7 +55,7 @@ def write_snapshot(records: list[RawRecord], out_dir: Path, source: str) -> None
             if r.id in seen:
                 raise BadInput(f"record {r.id!r}: duplicate record id in source {source}")
             seen.add(r.id)
-            ext = "jpg" if r.image_bytes[:3] == b"\xff\xd8\xff" else "png"
+            ext = image_ext(r.image_bytes)
             (images / f"{r.id}.{ext}").write_bytes(r.image_bytes)
             row = {"file_name": f"images/{r.id}.{ext}", "ground_truth": r.ground_truth}
             if r.split is not None:
