@@ -7,6 +7,9 @@ printed. That text goes into the prompt after the image (`ocr_prompt`), as LLaVA
 TextVQA evaluation gives its OCR tokens, through one function for train, evaluate, predict,
 serving and scoring.
 
+Words that the image's edge cuts are left out (`framed`): on a photo they are the table or a
+notebook beside the receipt, not the receipt photographed whole.
+
 OCR runs once per record at ingest and is stored as a column of the versioned dataset.
 `OcrCache` lets a shipped file of the words already read (keyed by image sha256 and engine)
 stand in for the engine, so a fresh clone only reads what is new.
@@ -140,9 +143,38 @@ def layout_lines(words: list[Word]) -> list[str]:
     return [" ".join(w.text for _, w in sorted(line, key=lambda xw: xw[0])) for line in lines]
 
 
+# How close to the image's edge (pixels) a word's box may come and still be read.
+EDGE_PX = 1.0
+
+
+def framed(words: list[Word], size: tuple[int, int]) -> tuple[list[Word], int]:
+    """The words clear of the image's edge, and how many were not. The engine clips a box at
+    the edge, so a box that reaches it holds a word the frame cuts: on a photo, writing on the
+    table or a notebook beside the receipt, which is photographed whole. (No word of the
+    rendered CORD receipts comes within 20 px of the edge.)"""
+    width, height = size
+
+    def cut(w: Word) -> bool:
+        xs = [x for x, _ in w.quad]
+        ys = [y for _, y in w.quad]
+        return min(min(xs), min(ys), width - 1 - max(xs), height - 1 - max(ys)) <= EDGE_PX
+
+    kept = [w for w in words if not cut(w)]
+    return kept, len(words) - len(kept)
+
+
+def ocr_read(words: list[Word], size: tuple[int, int] | None) -> tuple[str, int]:
+    """The text the prompt carries for an image's words (those `framed` by its size, when
+    known), and how many words the edge cut."""
+    if size is None:
+        return as_text(words), 0
+    kept, cut = framed(words, size)
+    return as_text(kept), cut
+
+
 def ocr_text(image: Image.Image) -> str:
-    """The receipt's text as the prompt carries it (`as_text` of its words)."""
-    return as_text(read_words(image))
+    """The receipt's text as the prompt carries it (`ocr_read` of its words)."""
+    return ocr_read(read_words(image), image.size)[0]
 
 
 def as_text(words: list[Word]) -> str:
@@ -214,21 +246,38 @@ def _read_all(read: Callable[..., list[Word]], items: Sequence, workers: int) ->
     return list(_pool(workers).map(lambda item: read(item, _worker_engine()), items))
 
 
-def ocr_texts(images: Sequence[Image.Image], workers: int | None = None) -> list[str]:
-    """`ocr_text` of each image, read on `workers` threads (default: one per core OCR may use)."""
+def ocr_reads(images: Sequence[Image.Image], workers: int | None = None) -> list[tuple[str, int]]:
+    """`ocr_read` of each image (its text, and how many words the edge cut), read on `workers`
+    threads (default: one per core OCR may use)."""
     found = _read_all(read_words, images, workers or cores())
-    return [as_text(words) for words in found]
+    return [ocr_read(words, im.size) for words, im in zip(found, images, strict=True)]
+
+
+def ocr_texts(images: Sequence[Image.Image], workers: int | None = None) -> list[str]:
+    """`ocr_text` of each image, read as `ocr_reads` reads them."""
+    return [text for text, _ in ocr_reads(images, workers)]
+
+
+def _size_of(data: bytes) -> tuple[int, int] | None:
+    """An image's size from its header (no decoding); None when it is no image."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def read_many(cache: OcrCache, items: list[bytes], workers: int) -> list[str]:
     """OCR text for each image's bytes: the words from the cache, the misses read on
-    `workers` threads and added to it; then laid out as lines."""
+    `workers` threads and added to it; then those clear of the edge laid out as lines."""
     keys = [image_sha256(b) for b in items]
     todo = {k: b for k, b in zip(keys, items, strict=True) if k not in cache.entries}
     for key, words in zip(todo, _read_all(_words_of, list(todo.values()), workers), strict=True):
         cache.entries[key] = words
         cache.misses += 1
-    return [as_text(cache.entries[k]) for k in keys]
+    return [ocr_read(cache.entries[k], _size_of(b))[0] for k, b in zip(keys, items, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:

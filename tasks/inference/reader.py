@@ -120,20 +120,30 @@ class ReceiptReader:
         self, images: list[Image.Image], json_schema: bool | None = None
     ) -> list[dict[str, Any]]:
         """gt_parse dicts for the images; `json_schema` overrides the settings' for this call."""
-        from tasks.inference.ocr import ocr_texts
+        from tasks.inference.ocr import ocr_reads
 
         s = self.settings if json_schema is None else self.settings.but(json_schema=json_schema)
-        ocr = ocr_texts(images) if s.ocr_prompt else None
+        reads = ocr_reads(images) if s.ocr_prompt else [(None, 0)] * len(images)
+        texts: list[str | None] = [t for t, _ in reads]
+        ocr = [t or "" for t in texts] if s.ocr_prompt else None
         outputs = scored_answers(self.model, self.processor, images, s, ocr)
-        texts: list[str | None] = list(ocr) if ocr is not None else [None] * len(images)
         rows = []
-        for o, im, t in zip(outputs, images, texts, strict=True):
+        for o, im, (t, cut) in zip(outputs, images, reads, strict=True):
             row = judged(o, t, s.min_confidence)
-            about_input = receipt_warnings(im) + (
-                ["OCR found no text: the answer rests on the image alone"] if t == "" else []
-            )
+            about_input = receipt_warnings(im) + ocr_warnings(t, cut)
             rows.append(row | {"warnings": about_input + row["warnings"]})
         return rows
+
+
+def ocr_warnings(text: str | None, cut: int) -> list[str]:
+    """What a reader should know about the OCR text an answer rests on."""
+    found = ["OCR found no text: the answer rests on the image alone"] if text == "" else []
+    if cut:
+        found.append(
+            f"{cut} OCR word(s) at the image's edge were left out of the prompt "
+            "(cut by the frame: not on a receipt photographed whole)"
+        )
+    return found
 
 
 # The served pyfunc's output columns: one per field of a read answer, JSON text where the field

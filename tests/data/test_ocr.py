@@ -16,7 +16,7 @@ from tasks.data.sources.photo import render_photo
 from tasks.inference import ocr
 from tasks.inference.ocr import OcrCache, Word, layout_lines
 from tasks.model.modeling import instruction
-from tests.conftest import REPO
+from tests.conftest import CORD_SAMPLE, REPO, needs
 
 
 def receipt(index: int = 0) -> tuple[bytes, dict]:
@@ -95,6 +95,40 @@ def test_the_prompt_carries_the_ocr_lines_after_the_instruction():
     assert instruction("Extract.", None) == "Extract."  # no grounding
     assert instruction("Extract.", "A 1\nB 2") == "Extract.\nOCR:\nA 1\nB 2"
     assert instruction("Extract.", "") == "Extract.\nOCR:\n"  # grounding that found nothing
+
+
+def test_words_the_images_edge_cuts_are_left_out_of_the_text():
+    def word(text, x0, y0, x1, y1):
+        return Word(text, ((x0, y0), (x1, y0), (x1, y1), (x0, y1)), 1.0)
+
+    inside = [word("TOTAL", 40, 100, 90, 120), word("174,600", 200, 100, 280, 120)]
+    cut = [
+        word("Galo", 0, 30, 30, 50),  # left edge
+        word("15C:1", 50, 0, 90, 20),  # top edge
+        word("Rma", 280, 150, 299, 170),  # right edge of a 300 px wide image
+        word("lep", 100, 380, 140, 399),  # bottom edge of a 400 px tall image
+    ]
+    kept, left_out = ocr.framed(inside + cut, (300, 400))
+    assert kept == inside and left_out == 4
+    assert ocr.ocr_read(inside + cut, (300, 400)) == ("TOTAL 174,600", 4)
+    # a word 3 px in is the receipt's own
+    assert ocr.framed([word("CASH", 3, 3, 40, 20)], (300, 400)) == ([word("CASH", 3, 3, 40, 20)], 0)
+    assert ocr.ocr_read(cut, None)[1] == 0  # no size known (bytes that are no image): all kept
+
+
+@needs(CORD_SAMPLE)
+@pytest.mark.real_data
+def test_the_real_photos_text_starts_at_the_receipt_not_the_notebook_beside_it():
+    """The real CORD photo lies on a notebook whose handwriting runs off the picture's left
+    edge; those words are left out, at predict (from the image) and ingest (from the bytes)."""
+    data = (CORD_SAMPLE / "images" / "cord_tst_receipt_00004.png").read_bytes()
+    image = Image.open(io.BytesIO(data))
+    words = ocr.read_words(image)
+    text, left_out = ocr.ocr_read(words, image.size)
+    assert left_out > 0 and "BLACKCOFFE" in text.splitlines()[0]
+    assert "TOTAL 174,600" in text and "\n" + "CASH 200,000" in text
+    assert ocr.ocr_text(image) == text == ocr.read_many(OcrCache(None), [data], workers=1)[0]
+    assert ocr.as_text(words).splitlines()[0] != text.splitlines()[0]  # read whole, it began above
 
 
 def test_the_cache_answers_by_image_hash_and_engine(tmp_path, monkeypatch):
