@@ -7,8 +7,8 @@ printed. That text goes into the prompt after the image (`ocr_prompt`), as LLaVA
 TextVQA evaluation gives its OCR tokens, through one function for train, evaluate, predict,
 serving and scoring.
 
-Words that the image's edge cuts are left out (`framed`): on a photo they are the table or a
-notebook beside the receipt, not the receipt photographed whole.
+A line whose every word the image's edge cuts is left out (`framed`): on a photo it is the
+table or a notebook beside the receipt, not the receipt photographed whole.
 
 OCR runs once per record at ingest and is stored as a column of the versioned dataset.
 `OcrCache` lets a shipped file of the words already read (keyed by image sha256 and engine)
@@ -105,7 +105,12 @@ def read_words(image: Image.Image, engine=None) -> list[Word]:
 
 
 def layout_lines(words: list[Word]) -> list[str]:
-    """Words grouped into printed lines and ordered left to right in each; lines top to bottom.
+    """Words grouped into printed lines and ordered left to right in each; lines top to bottom."""
+    return [" ".join(w.text for w in line) for line in grouped(words)]
+
+
+def grouped(words: list[Word]) -> list[list[Word]]:
+    """The printed lines' words, left to right; lines top to bottom.
 
     A photographed receipt is often turned a little: the page's slant (the median slope of the
     words' top edges) is undone first, then a word joins a line when its centre is within half
@@ -140,18 +145,20 @@ def layout_lines(words: list[Word]) -> list[str]:
         else:
             lines.append([(x, w)])
             centres.append(y)
-    return [" ".join(w.text for _, w in sorted(line, key=lambda xw: xw[0])) for line in lines]
+    return [[w for _, w in sorted(line, key=lambda xw: xw[0])] for line in lines]
 
 
 # How close to the image's edge (pixels) a word's box may come and still be read.
 EDGE_PX = 1.0
 
 
-def framed(words: list[Word], size: tuple[int, int]) -> tuple[list[Word], int]:
-    """The words clear of the image's edge, and how many were not. The engine clips a box at
-    the edge, so a box that reaches it holds a word the frame cuts: on a photo, writing on the
-    table or a notebook beside the receipt, which is photographed whole. (No word of the
-    rendered CORD receipts comes within 20 px of the edge.)"""
+def framed(words: list[Word], size: tuple[int, int]) -> tuple[list[list[Word]], int]:
+    """The printed lines (`grouped`), less those the image's edge cuts, and how many words
+    those held. The engine clips a box at the edge, so a box that reaches it holds a word the
+    frame cuts; a line all of whose words are cut is not on a receipt photographed whole (on
+    a photo: the table, or a notebook's writing running off the picture). A cut word on a line
+    with words clear of the edge stays: a price at the edge of a tight photo is still read.
+    No word of the rendered CORD receipts comes within 20 px of the edge."""
     width, height = size
 
     def cut(w: Word) -> bool:
@@ -159,17 +166,18 @@ def framed(words: list[Word], size: tuple[int, int]) -> tuple[list[Word], int]:
         ys = [y for _, y in w.quad]
         return min(min(xs), min(ys), width - 1 - max(xs), height - 1 - max(ys)) <= EDGE_PX
 
-    kept = [w for w in words if not cut(w)]
-    return kept, len(words) - len(kept)
+    lines = grouped(words)
+    kept = [line for line in lines if not all(cut(w) for w in line)]
+    return kept, len(words) - sum(len(line) for line in kept)
 
 
 def ocr_read(words: list[Word], size: tuple[int, int] | None) -> tuple[str, int]:
-    """The text the prompt carries for an image's words (those `framed` by its size, when
-    known), and how many words the edge cut."""
+    """The text the prompt carries for an image's words (its lines `framed` by its size, when
+    known), and how many words the edge cut out of it."""
     if size is None:
         return as_text(words), 0
     kept, cut = framed(words, size)
-    return as_text(kept), cut
+    return "\n".join(" ".join(w.text for w in line) for line in kept), cut
 
 
 def ocr_text(image: Image.Image) -> str:

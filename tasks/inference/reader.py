@@ -140,8 +140,8 @@ def ocr_warnings(text: str | None, cut: int) -> list[str]:
     found = ["OCR found no text: the answer rests on the image alone"] if text == "" else []
     if cut:
         found.append(
-            f"{cut} OCR word(s) at the image's edge were left out of the prompt "
-            "(cut by the frame: not on a receipt photographed whole)"
+            f"{cut} OCR word(s) on lines cut by the image's edge were left out of the prompt "
+            "(not on a receipt photographed whole)"
         )
     return found
 

@@ -97,7 +97,7 @@ def test_the_prompt_carries_the_ocr_lines_after_the_instruction():
     assert instruction("Extract.", "") == "Extract.\nOCR:\n"  # grounding that found nothing
 
 
-def test_words_the_images_edge_cuts_are_left_out_of_the_text():
+def test_lines_the_images_edge_cuts_are_left_out_of_the_text():
     def word(text, x0, y0, x1, y1):
         return Word(text, ((x0, y0), (x1, y0), (x1, y1), (x0, y1)), 1.0)
 
@@ -108,12 +108,13 @@ def test_words_the_images_edge_cuts_are_left_out_of_the_text():
         word("Rma", 280, 150, 299, 170),  # right edge of a 300 px wide image
         word("lep", 100, 380, 140, 399),  # bottom edge of a 400 px tall image
     ]
-    kept, left_out = ocr.framed(inside + cut, (300, 400))
-    assert kept == inside and left_out == 4
-    assert ocr.ocr_read(inside + cut, (300, 400)) == ("TOTAL 174,600", 4)
-    # a word 3 px in is the receipt's own
-    assert ocr.framed([word("CASH", 3, 3, 40, 20)], (300, 400)) == ([word("CASH", 3, 3, 40, 20)], 0)
-    assert ocr.ocr_read(cut, None)[1] == 0  # no size known (bytes that are no image): all kept
+    size = (300, 400)
+    assert ocr.ocr_read(inside + cut, size) == ("TOTAL 174,600", 4)
+    # a price the edge cuts, on a line with words clear of it, is the receipt's own
+    tight = [word("CASH", 40, 200, 90, 220), word("200,00", 240, 200, 299, 220)]
+    assert ocr.ocr_read(inside + tight, size) == ("TOTAL 174,600\nCASH 200,00", 0)
+    assert ocr.ocr_read([word("CASH", 3, 3, 40, 20)], size) == ("CASH", 0)  # 3 px in
+    assert ocr.ocr_read(cut, None) == (ocr.as_text(cut), 0)  # no size known: all kept
 
 
 @needs(CORD_SAMPLE)

@@ -132,7 +132,7 @@ def test_predict_cli_on_the_sample_receipt(merged_dir, tmp_path):
         and row["confidence"]["mean_logprob"] <= 0
     )
     # the notebook's words at the photo's edge were left out of the prompt, and it says so
-    assert any("at the image's edge were left out" in w for w in row["warnings"])
+    assert any("cut by the image's edge were left out" in w for w in row["warnings"])
     # a threshold no answer reaches: the answer says it is unsure, on stdout and stderr
     unsure = subprocess.run(
         [sys.executable, "-m", "tasks.predict", "--model", str(merged_dir)]
