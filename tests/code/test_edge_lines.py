@@ -36,6 +36,7 @@ def test_counts_the_labelled_words_on_lines_the_edge_cuts():
     assert exact["labelled_words"] == 5 and exact["words_left_out"] == 1
     assert exact["totals_left_out"] == 1
     assert exact["receipts_left_out_from"] == ["dev/receipt_2"]
+    assert exact["words_at_edge"] == 2  # by word, the cut price beside CASH would go too
     # grown by 3 px, the box of a word 2 px in reaches the edge too
     near = _row("receipt_3", [("menu.price", [("9,000", 2, 50, 40, 70)])])
     assert edge_cuts([near], grow=0)["words_left_out"] == 0
