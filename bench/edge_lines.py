@@ -51,7 +51,8 @@ def annotated_words(ann: dict, grow: float) -> tuple[list[Word], dict[int, str]]
 
 def edge_cuts(rows: list[dict], grow: float) -> dict:
     words = receipts = at_edge = at_edge_receipts = 0
-    cut_words, cut_receipts, cut_categories = 0, [], Counter()
+    cut_words, cut_receipts = 0, []
+    cut_categories: Counter[str] = Counter()
     for row in rows:
         ann = json.loads(row["ground_truth"])
         found, category = annotated_words(ann, grow)
