@@ -6,7 +6,10 @@
 
 A version is promoted only when it passed the gate and beats the current champion on
 `gate.primary_metric`, measured on the same test split (the gate re-evaluated the
-champion there). The reason is recorded in version tags; otherwise it refuses.
+champion there); or when it serves the champion's own weights (the same `weights_digest`)
+with other code or settings and scores no lower there, so that a fix to the serving code
+reaches the champion without a better model. The reason is recorded in version tags;
+otherwise it refuses.
 """
 
 from __future__ import annotations
@@ -80,15 +83,22 @@ def promote(
                 f"not the current v{champion.version}: retrain (or rerun its gate) to compare on the same split"
             )
         best, margin = float(tags[f"gate.champion.{metric}"]), params.gate.min_improvement
-        if value < best + margin:
+        weights = tags.get("weights_digest")
+        if weights and weights == dict(champion.tags).get("weights_digest") and value >= best:
+            reason = (
+                f"serves champion v{champion.version}'s weights with other code or settings, "
+                f"no lower on {metric}: {value} >= {best} (same test split)"
+            )
+        elif value < best + margin:
             raise PromotionRefused(
                 f"{name} v{mv.version} does not beat champion v{champion.version} on {metric}: "
                 f"{value} < {best} + min_improvement {margin} (same test split)"
             )
-        reason = (
-            f"beats champion v{champion.version} on {metric}: {value} >= {best} + {margin} "
-            "(same test split)"
-        )
+        else:
+            reason = (
+                f"beats champion v{champion.version} on {metric}: {value} >= {best} + {margin} "
+                "(same test split)"
+            )
     return _move_champion(client, params, mv, champion, reason, repo)
 
 

@@ -78,6 +78,14 @@ def model_digest(carried: str | Path, config: dict[str, Any], code: Path = CODE)
     )
 
 
+def weights_digest(carried: str | Path, config: dict[str, Any]) -> str:
+    """sha256 of the model files the pyfunc carries and, for an adapter, the base it merges
+    onto: the same for two versions that serve the same weights with other code or settings
+    (`tasks.promote` lets such a version replace the champion without beating it)."""
+    pin = {k: config[k] for k in ("base", "revision") if k in config}
+    return tree_digest(carried, header=json.dumps(pin, sort_keys=True).encode())
+
+
 def version_with_digest(client, name: str, digest: str):
     """The registered version of `name` tagged with this model digest, or None."""
     found = client.search_model_versions(f"name = '{name}' and tags.model_digest = '{digest}'")
@@ -111,6 +119,7 @@ def run_register(
         version, run_id = _log_new_version(params, repo, reports, tags, artifacts, config)
     gate = json.loads((reports / "gate.json").read_text())
     version_tags = tags | _version_tags(params, repo, reports, gate, artifact, digest)
+    version_tags["weights_digest"] = weights_digest(next(iter(artifacts.values())), config)
     for k, v in version_tags.items():
         client.set_model_version_tag(r.model_name, version, k, v)
     client.set_registered_model_alias(r.model_name, "challenger", version)

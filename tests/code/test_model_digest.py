@@ -3,7 +3,7 @@ another version, while bytecode caches and unchanged files are not."""
 
 import shutil
 
-from tasks.register import model_digest
+from tasks.register import model_digest, weights_digest
 
 
 def test_the_model_digest_follows_the_weights_the_config_and_the_served_code(tmp_path):
@@ -25,5 +25,10 @@ def test_the_model_digest_follows_the_weights_the_config_and_the_served_code(tmp
     served_otherwise = model_digest(model, config, code)
     assert served_otherwise != first
     assert model_digest(model, {"max_new_tokens": 320}, code) not in (first, served_otherwise)
+    # the weights digest is what stays: the same weights, whatever serves them
+    weights = weights_digest(model, config)
+    assert weights_digest(copy, {"max_new_tokens": 320}) == weights
+    assert weights_digest(model, config | {"base": "llava-hf/llava-1.5-7b-hf"}) != weights
     (model / "model.safetensors").write_bytes(b"other weights")
     assert model_digest(model, config, code) not in (first, served_otherwise)
+    assert weights_digest(model, config) != weights

@@ -72,3 +72,37 @@ def test_promotion_needs_the_gate_and_a_real_improvement_then_rollback(client):
         rollback(client, p, v2)
     assert rollback(client, p, v1)["champion"] == v1
     assert client.get_model_version_by_alias("receipt-llava", "champion").version in (v1, int(v1))
+
+
+def test_the_champions_own_weights_with_other_code_replace_it_when_no_lower(client):
+    """A fix to the serving code makes a version with the champion's weights: it takes over
+    without beating the champion, but not when it scores lower or its weights differ."""
+    p = small_params(gate={"primary_metric": "ted_accuracy", "min_improvement": 0.01})
+    v1 = version(
+        client,
+        {"gate_passed": "true", "metric.ted_accuracy": "0.5", "weights_digest": "w1"},
+    )
+    promote(client, p)
+
+    def gated(ted, weights):
+        return version(
+            client,
+            {
+                "gate_passed": "true",
+                "metric.ted_accuracy": ted,
+                "gate.champion_version": v1,
+                "gate.champion.ted_accuracy": "0.5",
+                "weights_digest": weights,
+            },
+        )
+
+    gated("0.5", "w2")  # other weights, no better: refused as before
+    with pytest.raises(PromotionRefused, match="does not beat champion v1"):
+        promote(client, p)
+    gated("0.49", "w1")  # the same weights, scoring lower (e.g. other decoding settings)
+    with pytest.raises(PromotionRefused, match="does not beat champion v1"):
+        promote(client, p)
+    v4 = gated("0.5", "w1")
+    res = promote(client, p)
+    assert res["champion"] == v4 and res["previous"] == v1
+    assert res["reason"].startswith("serves champion v1's weights with other code or settings")

@@ -84,6 +84,7 @@ def test_first_run_registers_with_lineage_and_promotes(project, client):
         float(tags["metric.ted_accuracy"]) == metrics["ted_accuracy"] > metrics["base_ted_accuracy"]
     )
     assert tags["gate_passed"] == "true" and "first champion" in tags["promotion.reason"]
+    assert len(tags["weights_digest"]) == 64 and tags["weights_digest"] != tags["model_digest"]
     run = client.get_run(mv.run_id)
     assert run.inputs.dataset_inputs[0].tags[0].value in (tags["data_md5"], "training")
     assert "train_loss" in run.data.metrics and "reports" in {
