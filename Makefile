@@ -47,7 +47,7 @@ run: setup ## run the whole pipeline on the embedded default (creates data/ if m
 ocr-cache: setup ## re-make assets/cord/ocr.jsonl.gz: OCR of every image in data/ (~8 min for CORD on 2 cores)
 	$(PY) -m tasks.inference.ocr
 
-pretrain: setup ## re-make models/tiny-reader: the embedded base learns to read, then to copy and label (~100 min on 2 cores)
+pretrain: setup ## re-make models/tiny-reader: the embedded base learns to read, then to copy and label (67 min on 2 AVX512 cores; see docs/benchmarks.md: its last run did not match the shipped base)
 	$(PY) -m tasks.reader.pretrain
 
 repro: setup ## dvc repro (train .. register) on the current data/
