@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.cpu import write_measured
 from tasks.data.sources import cord
-from tasks.inference.ocr import OcrCache, Word, framed, image_sha256
+from tasks.inference.ocr import EDGE_PX, OcrCache, Word, edge_distance, framed, image_sha256
 
 
 def annotated_words(ann: dict, grow: float) -> tuple[list[Word], dict[int, str]]:
@@ -60,7 +60,7 @@ def edge_cuts(rows: list[dict], grow: float) -> dict:
         kept, cut = framed(found, size)
         words += len(found)
         receipts += 1
-        alone = sum(1 for w in found if framed([w], size)[1])  # each word on a line of its own
+        alone = sum(1 for w in found if edge_distance(w, size) <= EDGE_PX)
         at_edge += alone
         at_edge_receipts += bool(alone)
         if cut:
@@ -97,9 +97,7 @@ def renders_cut(folder: Path, cache: OcrCache) -> dict:
             size = image.size
         read += 1
         cut += framed(words, size)[1]
-        for w in words:
-            xs, ys = [x for x, _ in w.quad], [y for _, y in w.quad]
-            nearest = min(nearest, min(xs), min(ys), size[0] - 1 - max(xs), size[1] - 1 - max(ys))
+        nearest = min([nearest, *(edge_distance(w, size) for w in words)])
     return {
         "renders": read,
         "words_left_out": cut,

@@ -106,7 +106,12 @@ def read_words(image: Image.Image, engine=None) -> list[Word]:
 
 def layout_lines(words: list[Word]) -> list[str]:
     """Words grouped into printed lines and ordered left to right in each; lines top to bottom."""
-    return [" ".join(w.text for w in line) for line in grouped(words)]
+    return [line_text(line) for line in grouped(words)]
+
+
+def line_text(line: list[Word]) -> str:
+    """A printed line's words as the prompt carries them."""
+    return " ".join(w.text for w in line)
 
 
 def grouped(words: list[Word]) -> list[list[Word]]:
@@ -160,16 +165,16 @@ def framed(words: list[Word], size: tuple[int, int]) -> tuple[list[list[Word]], 
     with words clear of the edge stays: a price at the edge of a tight photo is still read.
     No word the engine reads on the rendered CORD receipts is closer than 20 px to the edge
     (`python -m bench.edge_lines --renders data/images`)."""
-    width, height = size
-
-    def cut(w: Word) -> bool:
-        xs = [x for x, _ in w.quad]
-        ys = [y for _, y in w.quad]
-        return min(min(xs), min(ys), width - 1 - max(xs), height - 1 - max(ys)) <= EDGE_PX
-
     lines = grouped(words)
-    kept = [line for line in lines if not all(cut(w) for w in line)]
+    kept = [line for line in lines if not all(edge_distance(w, size) <= EDGE_PX for w in line)]
     return kept, len(words) - sum(len(line) for line in kept)
+
+
+def edge_distance(w: Word, size: tuple[int, int]) -> float:
+    """How far (pixels) a word's box lies from the nearest edge of an image of this size."""
+    xs = [x for x, _ in w.quad]
+    ys = [y for _, y in w.quad]
+    return min(min(xs), min(ys), size[0] - 1 - max(xs), size[1] - 1 - max(ys))
 
 
 def ocr_read(words: list[Word], size: tuple[int, int] | None) -> tuple[str, int]:
@@ -178,7 +183,7 @@ def ocr_read(words: list[Word], size: tuple[int, int] | None) -> tuple[str, int]
     if size is None:
         return as_text(words), 0
     kept, cut = framed(words, size)
-    return "\n".join(" ".join(w.text for w in line) for line in kept), cut
+    return "\n".join(line_text(line) for line in kept), cut
 
 
 def ocr_text(image: Image.Image) -> str:
